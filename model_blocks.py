@@ -1,0 +1,507 @@
+"""Building blocks shared by every WILLOW model, each written once.
+
+All blocks are `tf.Module`s whose variables are created eagerly in the constructor (every
+shape is known from the configuration), so a model is complete as soon as it is built and
+its checkpoint layout never depends on a first call. Initializers, batch-norm constants and
+the flattening orders are the original's, so weights trained by the original TF1 code give
+the same predictions here (SPEC.md 0, 4, 12.1 item 16).
+"""
+import contextlib
+import math
+from typing import List, Optional
+
+import tensorflow as tf
+
+# TF1 slim batch norm: moving averages decay by 0.999 (Keras' default is 0.99), epsilon 1e-3.
+BN_MOMENTUM = 0.999
+BN_EPSILON = 1e-3
+# tf.nn.l2_normalize divides by sqrt(max(sum(x^2), epsilon)).
+L2N_EPSILON = 1e-12
+
+
+def l2n(x, axis=-1):
+  return tf.math.l2_normalize(x, axis=axis, epsilon=L2N_EPSILON)
+
+
+def normal(shape, stddev, mean=0.0, name=None, trainable=True):
+  """A variable drawn from the plain (untruncated) normal the original used everywhere."""
+  return tf.Variable(tf.random.normal(shape, mean=mean, stddev=stddev), name=name,
+                     trainable=trainable)
+
+
+def glorot_uniform(shape, name=None):
+  """TF1's default get_variable initializer (and slim's fully_connected weights)."""
+  fan_in, fan_out = shape[-2], shape[-1]
+  limit = math.sqrt(6.0 / (fan_in + fan_out))
+  return tf.Variable(tf.random.uniform(shape, -limit, limit), name=name)
+
+
+def constant(shape, value, name=None, trainable=True, **kwargs):
+  return tf.Variable(tf.fill(shape, float(value)), name=name, trainable=trainable, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# Batch normalization with slim semantics and precise-BN calibration.
+
+class _BatchStatRecorder:
+  """While active, batch-norm layers in training mode record their batch statistics
+  instead of updating their moving averages (used to re-estimate population statistics)."""
+  active: Optional[List] = None
+
+
+@contextlib.contextmanager
+def recording_batch_statistics():
+  """Yields a list that receives (layer, batch_mean, batch_variance) for every batch-norm
+  layer run in training mode inside the block; moving averages stay untouched."""
+  records = []
+  previous, _BatchStatRecorder.active = _BatchStatRecorder.active, records
+  try:
+    yield records
+  finally:
+    _BatchStatRecorder.active = previous
+
+
+class BatchNorm(tf.Module):
+  """Batch norm over axis 0 of a 2-D tensor, as slim.batch_norm(center, scale) in TF1.
+
+  Training normalizes with the batch mean and biased batch variance and moves the moving
+  statistics by 0.001 of the way; inference uses the moving statistics. The moving statistics
+  are ON_READ variables so each replica updates its own copy and reads average them.
+  """
+
+  def __init__(self, channels: int, name: str):
+    super().__init__(name=name)
+    with self.name_scope:
+      self.beta = constant([channels], 0.0, name="beta")
+      self.gamma = constant([channels], 1.0, name="gamma")
+      stat = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                  aggregation=tf.VariableAggregation.MEAN)
+      self.moving_mean = constant([channels], 0.0, name="moving_mean", **stat)
+      self.moving_variance = constant([channels], 1.0, name="moving_variance", **stat)
+
+  def __call__(self, x, training: bool):
+    if not training:
+      mean, variance = self.moving_mean, self.moving_variance
+    else:
+      mean, variance = tf.nn.moments(x, axes=[0])
+      if _BatchStatRecorder.active is not None:
+        _BatchStatRecorder.active.append((self, mean, variance))
+      else:
+        self.moving_mean.assign_sub((self.moving_mean - mean) * (1.0 - BN_MOMENTUM))
+        self.moving_variance.assign_sub((self.moving_variance - variance) * (1.0 - BN_MOMENTUM))
+    return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, BN_EPSILON)
+
+
+class Bias(tf.Module):
+  """The additive bias the original used where batch norm is switched off."""
+
+  def __init__(self, channels: int, stddev: float, name: str):
+    super().__init__(name=name)
+    with self.name_scope:
+      self.bias = normal([channels], stddev, name="bias")
+
+  def __call__(self, x, training: bool = False):
+    del training
+    return x + self.bias
+
+
+def batch_norm_or_bias(channels: int, add_batch_norm: bool, bias_stddev: float, name: str):
+  """Batch norm, or (the original's broken no-BN branches, fixed) a bias of that width."""
+  if add_batch_norm:
+    return BatchNorm(channels, name=name)
+  return Bias(channels, bias_stddev, name=name.replace("_bn", "_biases"))
+
+
+# ----------------------------------------------------------------------------------------
+# Cluster soft-assignment and the pooling layers built on it.
+
+class ClusterAssignment(tf.Module):
+  """Soft assignment of each frame to K clusters: softmax_K(BN(X W_c)).
+
+  With `softmax=False` it returns the normalized logits (the DBoF family's activation).
+  """
+
+  def __init__(self, feature_size: int, cluster_size: int, add_batch_norm: bool = True,
+               softmax: bool = True, name: str = "cluster_assignment"):
+    super().__init__(name=name)
+    self.softmax = softmax
+    with self.name_scope:
+      self.cluster_weights = normal([feature_size, cluster_size], 1 / math.sqrt(feature_size),
+                                    name="cluster_weights")
+      self.norm = batch_norm_or_bias(cluster_size, add_batch_norm,
+                                     1 / math.sqrt(feature_size), name="cluster_bn")
+
+  def __call__(self, frames, training: bool):
+    """frames [B, n, F] -> assignments [B, n, K]."""
+    batch, num, feat = tf.unstack(tf.shape(frames))
+    logits = tf.matmul(tf.reshape(frames, [batch * num, feat]), self.cluster_weights)
+    logits = self.norm(logits, training)
+    if self.softmax:
+      logits = tf.nn.softmax(logits)
+    return tf.reshape(logits, [batch, num, -1])
+
+
+def weighted_frame_sum(frames, assignments):
+  """sum_t A[t, k] x[t, f] -> [B, F, K] (the first-order statistic of VLAD and FV)."""
+  return tf.matmul(frames, assignments, transpose_a=True)
+
+
+def flatten_normalized(descriptor, intra_normalize: bool):
+  """[B, F, K] -> [B, F*K], F-major (flat index f*K + k) as the original; l2-normalized,
+  optionally after normalizing each cluster's residual over f (intra-normalization)."""
+  if intra_normalize:
+    descriptor = l2n(descriptor, axis=1)
+  flat = tf.reshape(descriptor, [tf.shape(descriptor)[0], -1])
+  return l2n(flat)
+
+
+class NetVLAD(tf.Module):
+  """NetVLAD, NetRVLAD (`variant="rvlad"`, the original's LightVLAD: no centres) and
+  NetVLAGD (`variant="vlagd"`: a static sigmoid gate per (cluster, feature))."""
+
+  def __init__(self, feature_size: int, cluster_size: int, add_batch_norm: bool,
+               variant: str = "vlad", name: str = "vlad"):
+    super().__init__(name=name)
+    if variant not in ("vlad", "rvlad", "vlagd"):
+      raise ValueError("unknown NetVLAD variant %r" % variant)
+    self.variant = variant
+    self.output_size = feature_size * cluster_size
+    stddev = 1 / math.sqrt(feature_size)
+    with self.name_scope:
+      self.assignment = ClusterAssignment(feature_size, cluster_size, add_batch_norm)
+      if variant == "vlad":
+        self.centres = normal([1, feature_size, cluster_size], stddev, name="cluster_weights2")
+      elif variant == "vlagd":
+        self.gate_weights = normal([1, cluster_size, feature_size], stddev, name="gate_weights")
+
+  def __call__(self, frames, training: bool):
+    assignments = self.assignment(frames, training)
+    vlad = weighted_frame_sum(frames, assignments)  # [B, F, K]
+    if self.variant == "vlad":
+      mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
+      vlad -= mass * self.centres
+    elif self.variant == "vlagd":
+      vlad *= tf.transpose(tf.sigmoid(self.gate_weights), [0, 2, 1])
+    return flatten_normalized(vlad, intra_normalize=True)
+
+
+class NetFV(tf.Module):
+  """NetFV: first- and second-order Fisher-vector statistics, 2*F*K outputs.
+
+  The asymmetric normalization is the original's, kept for weight compatibility: the first
+  order is intra-normalized per cluster, the second order is not.
+  """
+
+  def __init__(self, feature_size: int, cluster_size: int, add_batch_norm: bool,
+               couple_weights: bool, coupling_factor: float, name: str = "fv"):
+    super().__init__(name=name)
+    self.couple_weights = couple_weights
+    self.coupling_factor = coupling_factor
+    self.output_size = 2 * feature_size * cluster_size
+    stddev = 1 / math.sqrt(feature_size)
+    with self.name_scope:
+      self.assignment = ClusterAssignment(feature_size, cluster_size, add_batch_norm)
+      self.covar_weights = normal([feature_size, cluster_size], stddev, mean=1.0,
+                                  name="covar_weights")
+      if not couple_weights:
+        self.centres = normal([1, feature_size, cluster_size], stddev, name="cluster_weights2")
+
+  def __call__(self, frames, training: bool):
+    assignments = self.assignment(frames, training)
+    if self.couple_weights:
+      centres = self.coupling_factor * self.assignment.cluster_weights[None]
+    else:
+      centres = self.centres
+    sigma = tf.square(self.covar_weights) + 1e-6  # acts as a standard deviation
+    mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
+    first = weighted_frame_sum(frames, assignments)  # [B, F, K]
+    second = weighted_frame_sum(tf.square(frames), assignments)
+    fv1 = (first - mass * centres) / sigma
+    fv2 = (second - 2 * centres * first + mass * tf.square(centres)) / tf.square(sigma) - mass
+    return tf.concat([flatten_normalized(fv1, intra_normalize=True),
+                      flatten_normalized(fv2, intra_normalize=False)], axis=1)
+
+
+class SoftDBoF(tf.Module):
+  """Soft bag of words: l2-normalized sum of assignments (+ l2-normalized max if maxpool)."""
+
+  def __init__(self, feature_size: int, cluster_size: int, add_batch_norm: bool,
+               max_pool: bool, name: str = "soft_dbof"):
+    super().__init__(name=name)
+    self.max_pool = max_pool
+    self.output_size = cluster_size * (2 if max_pool else 1)
+    with self.name_scope:
+      self.assignment = ClusterAssignment(feature_size, cluster_size, add_batch_norm)
+
+  def __call__(self, frames, training: bool):
+    assignments = self.assignment(frames, training)
+    pooled = l2n(tf.reduce_sum(assignments, axis=1))
+    if self.max_pool:
+      pooled = tf.concat([pooled, l2n(tf.reduce_max(assignments, axis=1))], axis=1)
+    return pooled
+
+
+class GatedDBoF(tf.Module):
+  """Gated soft bag of words: the assignment sum gated by a function of the max-pooled
+  assignments, g = sigmoid(BN(max A R W2)), output l2n(g * sum A)."""
+
+  def __init__(self, feature_size: int, cluster_size: int, add_batch_norm: bool,
+               name: str = "gated_dbof"):
+    super().__init__(name=name)
+    self.output_size = cluster_size
+    stddev = 1 / math.sqrt(feature_size)
+    with self.name_scope:
+      self.assignment = ClusterAssignment(feature_size, cluster_size, add_batch_norm)
+      self.dim_red = normal([cluster_size, feature_size], stddev, name="dim_red")
+      self.gate_weights = normal([feature_size, cluster_size], stddev, name="cluster_weights_2")
+      self.gate_norm = batch_norm_or_bias(cluster_size, add_batch_norm, stddev,
+                                          name="cluster_bn_2")
+
+  def __call__(self, frames, training: bool):
+    assignments = self.assignment(frames, training)
+    summed = tf.reduce_sum(assignments, axis=1)
+    maxed = l2n(tf.reduce_max(assignments, axis=1))
+    gates = tf.sigmoid(self.gate_norm(maxed @ self.dim_red @ self.gate_weights, training))
+    return l2n(gates * summed)
+
+
+class DBoF(tf.Module):
+  """Deep bag of frames of DbofModelLF: activated (not softmaxed) cluster logits, then
+  [l2n(mean_t), l2n(max_t)]. The activation is applied as its flag says (the original
+  compared a tensor with the flag string and so never applied it); "glu" computes 2K logits
+  and gates the first K with the sigmoid of the second K."""
+
+  def __init__(self, feature_size: int, cluster_size: int, add_batch_norm: bool,
+               activation: str = "relu", name: str = "dbof"):
+    super().__init__(name=name)
+    if activation not in ("relu", "glu", "none"):
+      raise ValueError("--dbof_activation must be relu, glu or none, got %r" % activation)
+    self.activation = activation
+    self.output_size = 2 * cluster_size
+    logits = 2 * cluster_size if activation == "glu" else cluster_size
+    with self.name_scope:
+      self.assignment = ClusterAssignment(feature_size, logits, add_batch_norm, softmax=False)
+
+  def __call__(self, frames, training: bool):
+    activations = self.assignment(frames, training)
+    if self.activation == "relu":
+      activations = tf.nn.relu6(activations)
+    elif self.activation == "glu":
+      values, gates = tf.split(activations, 2, axis=2)
+      activations = values * tf.sigmoid(gates)
+    return tf.concat([l2n(tf.reduce_mean(activations, axis=1)),
+                      l2n(tf.reduce_max(activations, axis=1))], axis=1)
+
+
+# ----------------------------------------------------------------------------------------
+# Hidden layer, context gating and the classifier heads.
+
+class HiddenLayer(tf.Module):
+  """The dense layer between pooling and classifier.
+
+  With batch norm and relu: relu6(BN(x W)). Otherwise x W + b, then relu6 if `relu`.
+  W is drawn from N(1/sqrt(K)) with K the (first branch's) cluster count, not the fan-in:
+  the original's quirk, kept so that initial activations match.
+  """
+
+  def __init__(self, input_size: int, hidden_size: int, init_stddev: float,
+               add_batch_norm: bool, relu: bool, name: str = "hidden"):
+    super().__init__(name=name)
+    self.relu = relu
+    self.output_size = hidden_size
+    with self.name_scope:
+      self.weights = normal([input_size, hidden_size], init_stddev, name="hidden1_weights")
+      self.norm = batch_norm_or_bias(hidden_size, add_batch_norm and relu, 0.01,
+                                     name="hidden1_bn")
+
+  def __call__(self, x, training: bool):
+    h = self.norm(tf.matmul(x, self.weights), training)
+    return tf.nn.relu6(h) if self.relu else h
+
+
+class ContextGate(tf.Module):
+  """Context gating: x * sigmoid(BN(x G)), optionally without the self (diagonal) term."""
+
+  def __init__(self, size: int, add_batch_norm: bool = True, remove_diag: bool = False,
+               name: str = "context_gate", weights_name: str = "gating_weights_2",
+               norm_name: str = "gating_bn", input_size: Optional[int] = None):
+    super().__init__(name=name)
+    self.remove_diag = remove_diag
+    input_size = input_size or size
+    with self.name_scope:
+      self.weights = normal([input_size, size], 1 / math.sqrt(size), name=weights_name)
+      self.norm = batch_norm_or_bias(size, add_batch_norm, 1 / math.sqrt(size), name=norm_name)
+
+  def __call__(self, x, training: bool, gate_input=None):
+    """Gates x by a function of gate_input (default x itself)."""
+    source = x if gate_input is None else gate_input
+    z = tf.matmul(source, self.weights)
+    if self.remove_diag:
+      z -= tf.linalg.diag_part(self.weights) * source
+    return x * tf.sigmoid(self.norm(z, training))
+
+
+class MoeHead(tf.Module):
+  """Mixture of experts over V classes with M sigmoid experts plus an implicit zero expert.
+
+  The flat gate/expert layouts are class-major (gate column c*(M+1)+m, expert column c*M+m)
+  as in the original. With `prob_gating` the class probabilities are context-gated
+  (from the probabilities, or from the head's input when prob_gating_input != "prob").
+  """
+
+  def __init__(self, input_size: int, vocab_size: int, num_mixtures: int = 2,
+               l2_penalty: float = 1e-8, low_rank_gating: int = -1,
+               prob_gating: bool = False, prob_gating_input: str = "prob",
+               remove_diag: bool = False, name: str = "moe"):
+    super().__init__(name=name)
+    self.vocab_size = vocab_size
+    self.num_mixtures = num_mixtures
+    self.l2_penalty = l2_penalty
+    self.gate_from_probabilities = prob_gating_input == "prob"
+    gate_width = vocab_size * (num_mixtures + 1)
+    with self.name_scope:
+      if low_rank_gating == -1:
+        self.gate_weights = [glorot_uniform([input_size, gate_width], name="gates")]
+      else:
+        self.gate_weights = [glorot_uniform([input_size, low_rank_gating], name="gates1"),
+                             glorot_uniform([low_rank_gating, gate_width], name="gates2")]
+      self.expert_weights = glorot_uniform([input_size, vocab_size * num_mixtures],
+                                           name="experts")
+      self.expert_biases = constant([vocab_size * num_mixtures], 0.0, name="experts_biases")
+      self.prob_gate = None
+      if prob_gating:
+        if remove_diag and not self.gate_from_probabilities:
+          raise ValueError("--gating_remove_diag needs --moe_prob_gating_input=prob")
+        self.prob_gate = ContextGate(
+            vocab_size, add_batch_norm=True, remove_diag=remove_diag, name="prob_gate",
+            weights_name="gating_prob_weights", norm_name="gating_prob_bn",
+            input_size=vocab_size if self.gate_from_probabilities else input_size)
+
+  def __call__(self, x, training: bool):
+    gate_logits = x
+    for weights in self.gate_weights:
+      gate_logits = tf.matmul(gate_logits, weights)
+    expert_logits = tf.matmul(x, self.expert_weights) + self.expert_biases
+    gates = tf.nn.softmax(tf.reshape(gate_logits, [-1, self.num_mixtures + 1]))
+    experts = tf.sigmoid(tf.reshape(expert_logits, [-1, self.num_mixtures]))
+    probabilities = tf.reduce_sum(gates[:, :self.num_mixtures] * experts, axis=1)
+    probabilities = tf.reshape(probabilities, [-1, self.vocab_size])
+    if self.prob_gate is not None:
+      gate_input = None if self.gate_from_probabilities else x
+      probabilities = self.prob_gate(probabilities, training, gate_input=gate_input)
+    return {"predictions": probabilities}
+
+  def regularization_loss(self):
+    # slim's l2_regularizer(scale) adds scale * sum(w^2) / 2 (tf.nn.l2_loss).
+    weights = self.gate_weights + [self.expert_weights]
+    return self.l2_penalty * tf.add_n([tf.nn.l2_loss(w) for w in weights])
+
+
+class LogisticHead(tf.Module):
+  """sigmoid(x W + b) with slim's l2 penalty on W (the starter code's LogisticModel)."""
+
+  def __init__(self, input_size: int, vocab_size: int, l2_penalty: float = 1e-8,
+               name: str = "logistic"):
+    super().__init__(name=name)
+    self.l2_penalty = l2_penalty
+    with self.name_scope:
+      self.weights = glorot_uniform([input_size, vocab_size], name="weights")
+      self.biases = constant([vocab_size], 0.0, name="biases")
+
+  def __call__(self, x, training: bool):
+    del training
+    return {"predictions": tf.sigmoid(tf.matmul(x, self.weights) + self.biases)}
+
+  def regularization_loss(self):
+    return self.l2_penalty * tf.nn.l2_loss(self.weights)
+
+
+# ----------------------------------------------------------------------------------------
+# Recurrent cells with the TF1 equations and kernel layouts.
+
+class LSTMLayer(tf.Module):
+  """TF1 BasicLSTMCell unrolled over time: [i, j, f, o] = [x, h] W + b,
+  c' = c sigmoid(f + 1) + sigmoid(i) tanh(j), h' = tanh(c') sigmoid(o).
+
+  The forget bias 1.0 is added at run time (not stored), as TF1 did. The input projection of
+  all time steps is one matmul; only h W_h stays in the loop.
+  """
+
+  def __init__(self, input_size: int, units: int, name: str = "lstm"):
+    super().__init__(name=name)
+    self.input_size, self.units = input_size, units
+    with self.name_scope:
+      self.kernel = glorot_uniform([input_size + units, 4 * units], name="kernel")
+      self.bias = constant([4 * units], 0.0, name="bias")
+
+  def initial_state(self, batch):
+    zeros = tf.zeros([batch, self.units])
+    return (zeros, zeros)
+
+  def project_inputs(self, inputs):
+    return tf.einsum("btd,dg->btg", inputs, self.kernel[:self.input_size]) + self.bias
+
+  def step(self, projected, state):
+    c, h = state
+    i, j, f, o = tf.split(projected + tf.matmul(h, self.kernel[self.input_size:]), 4, axis=1)
+    c = c * tf.sigmoid(f + 1.0) + tf.sigmoid(i) * tf.tanh(j)
+    h = tf.tanh(c) * tf.sigmoid(o)
+    return h, (c, h)
+
+
+class GRULayer(tf.Module):
+  """TF1 GRUCell unrolled over time: [r, u] = sigmoid([x, h] W_g + b_g) with b_g initialised
+  to 1.0, c = tanh([x, r h] W_c + b_c), h' = u h + (1 - u) c (reset applied before the
+  matmul: Keras' reset_after=False form)."""
+
+  def __init__(self, input_size: int, units: int, name: str = "gru"):
+    super().__init__(name=name)
+    self.input_size, self.units = input_size, units
+    with self.name_scope:
+      self.gate_kernel = glorot_uniform([input_size + units, 2 * units], name="gates_kernel")
+      self.gate_bias = constant([2 * units], 1.0, name="gates_bias")
+      self.candidate_kernel = glorot_uniform([input_size + units, units],
+                                             name="candidate_kernel")
+      self.candidate_bias = constant([units], 0.0, name="candidate_bias")
+
+  def initial_state(self, batch):
+    return tf.zeros([batch, self.units])
+
+  def project_inputs(self, inputs):
+    d = self.input_size
+    gates = tf.einsum("btd,dg->btg", inputs, self.gate_kernel[:d]) + self.gate_bias
+    candidate = tf.einsum("btd,dg->btg", inputs, self.candidate_kernel[:d]) + self.candidate_bias
+    return tf.concat([gates, candidate], axis=2)
+
+  def step(self, projected, h):
+    d, u = self.input_size, self.units
+    gate_in, candidate_in = projected[:, :2 * u], projected[:, 2 * u:]
+    r, z = tf.split(tf.sigmoid(gate_in + tf.matmul(h, self.gate_kernel[d:])), 2, axis=1)
+    c = tf.tanh(candidate_in + tf.matmul(r * h, self.candidate_kernel[d:]))
+    h = z * h + (1 - z) * c
+    return h, h
+
+
+def run_stacked_rnn(layers, inputs, sequence_length):
+  """Runs stacked layers over time with TF1 dynamic_rnn semantics: each row's state stops
+  changing after sequence_length steps. Returns the final state of every layer."""
+  batch = tf.shape(inputs)[0]
+  # Steps past the longest sequence change no state: skip them.
+  time = tf.minimum(tf.shape(inputs)[1], tf.reduce_max(sequence_length))
+  outputs = inputs
+  final_states = []
+  for layer in layers:
+    projected = tf.transpose(layer.project_inputs(outputs), [1, 0, 2])  # time-major
+    state = layer.initial_state(batch)
+    emitted = tf.TensorArray(tf.float32, size=time)
+
+    def body(t, state, emitted, layer=layer, projected=projected):
+      output, new_state = layer.step(projected[t], state)
+      alive = (t < sequence_length)[:, None]
+      new_state = tf.nest.map_structure(lambda n, o: tf.where(alive, n, o), new_state, state)
+      return t + 1, new_state, emitted.write(t, tf.where(alive, output, tf.zeros_like(output)))
+
+    _, state, emitted = tf.while_loop(lambda t, *_: t < time, body, (0, state, emitted))
+    outputs = tf.transpose(emitted.stack(), [1, 0, 2])
+    final_states.append(state)
+  return final_states
