@@ -1,0 +1,83 @@
+"""Finding a checkpoint in a train_dir and rebuilding the trained model from it.
+
+eval.py, inference.py and export_model.py rebuild the model from the configuration that
+train.py saved beside its checkpoints (the original re-imported the training graph, so the
+model flags given to its inference.py did not matter; they do not here either). A train_dir
+written by the original TF1 code has no saved configuration: the model is then built from the
+command-line flags and its variables are mapped by checkpoint_import.py.
+"""
+import os
+from typing import Optional, Sequence, Tuple
+
+import tensorflow as tf
+from absl import logging
+
+import models
+import script_flags
+from utils import InputError
+
+CHECKPOINT_PREFIX = "model.ckpt"
+
+
+def checkpoint_step(path: str) -> int:
+  """model.ckpt-1234 -> 1234."""
+  try:
+    return int(os.path.basename(path).rsplit("-", 1)[1])
+  except (IndexError, ValueError):
+    return -1
+
+
+def find_checkpoint(train_dir: str, check_point: int = -1) -> Optional[str]:
+  """The latest checkpoint (check_point < 0) or model.ckpt-<check_point>; None when the
+  directory has no checkpoint yet. A requested step that does not exist is an error."""
+  if not tf.io.gfile.isdir(train_dir):
+    raise InputError("train_dir %s does not exist" % train_dir)
+  if check_point is not None and check_point >= 0:
+    path = os.path.join(train_dir, "%s-%d" % (CHECKPOINT_PREFIX, check_point))
+    if not tf.io.gfile.exists(path + ".index"):
+      raise InputError("%s: no checkpoint for step %d (--check_point)" % (train_dir,
+                                                                          check_point))
+    return path
+  return tf.train.latest_checkpoint(train_dir)
+
+
+def is_tf1_checkpoint(path: str) -> bool:
+  """Checkpoints of tf.train.Checkpoint carry an object graph; TF1 Saver ones do not."""
+  names = {name for name, _ in tf.train.list_variables(path)}
+  return "_CHECKPOINTABLE_OBJECT_GRAPH" not in names
+
+
+def resolve_model_config(train_dir: str, requested: models.ModelConfig,
+                         explicit: Sequence[str]) -> Tuple[models.ModelConfig, bool]:
+  """(config, saved): the saved configuration if there is one, else the flags'."""
+  saved = script_flags.load_saved_config(train_dir)
+  if saved is None:
+    return requested, False
+  return script_flags.reconcile_config(saved, requested, explicit, train_dir), True
+
+
+def restore_weights(model: models.BaseModel, path: str):
+  """Loads model weights (not the optimizer's) from one of our checkpoints or a TF1 one."""
+  if is_tf1_checkpoint(path):
+    import checkpoint_import  # only needed for the original's checkpoints
+    checkpoint_import.load_tf1_checkpoint(model, path)
+    return
+  status = tf.train.Checkpoint(model=model).restore(path)
+  status.expect_partial().assert_existing_objects_matched()
+
+
+def load_trained_model(train_dir: str, check_point: int, requested: models.ModelConfig,
+                       explicit: Sequence[str]):
+  """Returns (model, config, checkpoint path) for eval/inference; errors name train_dir."""
+  path = find_checkpoint(train_dir, check_point)
+  if path is None:
+    raise InputError("train_dir %s holds no checkpoint" % train_dir)
+  config, _ = resolve_model_config(train_dir, requested, explicit)
+  model = models.build_model(config)
+  try:
+    restore_weights(model, path)
+  except (tf.errors.OpError, AssertionError, ValueError) as e:
+    raise InputError("%s: cannot restore the %s model from it (%s)" % (
+        path, config.model, str(e).splitlines()[0]))
+  logging.info("restored %s (%s, step %d)", path, config.model, checkpoint_step(path))
+  return model, config, path

@@ -1,0 +1,105 @@
+"""Evaluates checkpoints of a train_dir on a labelled set (flag-compatible with eval.py).
+
+Reports GAP@top_k, hit@1, PERR, MAP and the average loss over the whole set, logs them and
+writes them as TensorBoard scalars in train_dir. Without --run_once it waits for each new
+checkpoint (sleeping --eval_interval_secs between checks, where the original busy-looped).
+The model runs in inference mode: moving batch-norm statistics, deterministic frame sampling.
+"""
+import time
+
+import tensorflow as tf
+from absl import flags
+from absl import logging
+
+import checkpoint_utils
+import eval_util
+import losses
+import models
+import readers
+import script_flags
+import utils
+
+FLAGS = flags.FLAGS
+
+
+def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_name="CrossEntropyLoss",
+             alpha=0.5, step=0, writer=None):
+  """Runs the model over every record of data_pattern; returns EvaluationMetrics.get()."""
+  reader = readers.reader_for_config(config)
+  dataset = readers.get_input_dataset(reader, data_pattern, batch_size,
+                                      num_readers=num_readers, shuffle=False, num_epochs=1)
+  loss_fn = losses.get_loss(loss_name, alpha)
+
+  @tf.function
+  def predict(video_matrix, num_frames, labels):
+    predictions = model(video_matrix, num_frames, training=False)["predictions"]
+    return predictions, loss_fn.calculate_loss(predictions, labels)
+
+  metrics = eval_util.EvaluationMetrics(config.num_classes, top_k)
+  start, examples = time.time(), 0
+  try:
+    for batch in dataset:
+      predictions, loss = predict(batch["video_matrix"], batch["num_frames"], batch["labels"])
+      batch_metrics = metrics.accumulate(predictions.numpy(), batch["labels"].numpy(),
+                                         float(loss))
+      examples += int(predictions.shape[0])
+      rate = examples / max(time.time() - start, 1e-9)
+      logging.info("examples_processed: %d | global_step %d | Batch Hit@1: %.3f | "
+                   "Batch PERR: %.3f | Batch Loss: %.3f | Examples_per_sec: %.3f", examples,
+                   step, batch_metrics["hit_at_one"], batch_metrics["perr"],
+                   batch_metrics["loss"], rate)
+  except tf.errors.OpError as e:
+    raise readers.describe_data_error(e)
+  if examples == 0:
+    raise utils.InputError("%s: no records to evaluate" % data_pattern)
+  results = metrics.get()
+  logging.info("epoch/eval number %d | Avg_Hit@1: %.3f | Avg_PERR: %.3f | MAP: %.3f | "
+               "GAP: %.4f | Avg_Loss: %.6f", step, results["avg_hit_at_one"],
+               results["avg_perr"], results["map"], results["gap"], results["avg_loss"])
+  if writer is not None:
+    with writer.as_default(step=step):
+      tf.summary.scalar("Epoch/Eval_Avg_Hit@1", results["avg_hit_at_one"])
+      tf.summary.scalar("Epoch/Eval_Avg_Perr", results["avg_perr"])
+      tf.summary.scalar("Epoch/Eval_Avg_Loss", results["avg_loss"])
+      tf.summary.scalar("Epoch/Eval_MAP", results["map"])
+      tf.summary.scalar("Epoch/Eval_GAP", results["gap"])
+      tf.summary.scalar("GlobalStep/Eval_Example_Second", rate)
+    writer.flush()
+  return results
+
+
+def main(unused_argv):
+  logging.set_verbosity(logging.INFO)
+  if not FLAGS.eval_data_pattern:
+    raise utils.InputError("--eval_data_pattern is empty")
+  if FLAGS.batch_size <= 0:
+    raise utils.InputError("--batch_size must be positive, got %d" % FLAGS.batch_size)
+  if FLAGS.top_k <= 0:
+    raise utils.InputError("--top_k must be positive, got %d" % FLAGS.top_k)
+  readers.match_files(FLAGS.eval_data_pattern)
+  requested = script_flags.model_config_from_flags()
+  explicit = script_flags.explicit_model_flags()
+  writer = tf.summary.create_file_writer(FLAGS.train_dir)
+  last_evaluated = None
+  while True:
+    path = checkpoint_utils.find_checkpoint(FLAGS.train_dir, FLAGS.check_point)
+    if path is None or path == last_evaluated:
+      if FLAGS.run_once and path is None:
+        raise utils.InputError("train_dir %s holds no checkpoint" % FLAGS.train_dir)
+      logging.info("waiting %d s for a new checkpoint in %s", FLAGS.eval_interval_secs,
+                   FLAGS.train_dir)
+      time.sleep(FLAGS.eval_interval_secs)
+      continue
+    model, config, path = checkpoint_utils.load_trained_model(
+        FLAGS.train_dir, FLAGS.check_point, requested, explicit)
+    evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
+             FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, checkpoint_utils.checkpoint_step(path),
+             writer)
+    last_evaluated = path
+    if FLAGS.run_once or FLAGS.check_point >= 0:
+      break
+
+
+if __name__ == "__main__":
+  script_flags.define_flags("eval")
+  script_flags.run(main)

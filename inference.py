@@ -1,0 +1,146 @@
+"""Writes the top-k predictions of a trained model as a CSV (flag-compatible with the
+original inference.py).
+
+Output: `VideoId,LabelConfidencePairs`, then one line per video, `<id>,<class> <score> ...`
+with the top_k classes by descending score and scores with 6 decimals. Predictions do not
+depend on batch size or batch composition (moving batch-norm statistics, deterministic frame
+sampling), unlike the original's. The file is written under a temporary name and renamed once
+complete. With --num_tasks=N --task_index=i (or a TF_CONFIG task) the input files are split
+in N parts and this process writes part i; `python inference.py --merge_parts ...` joins them.
+"""
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from absl import logging
+
+import checkpoint_utils
+import readers
+import script_flags
+import utils
+
+FLAGS = flags.FLAGS
+
+HEADER = "VideoId,LabelConfidencePairs\n"
+
+
+def format_rows(video_ids, classes, scores) -> str:
+  """CSV lines for a batch: ids [B] bytes, classes/scores [B, k] sorted by score."""
+  lines = []
+  for video_id, row_classes, row_scores in zip(video_ids, classes, scores):
+    pairs = " ".join("%d %f" % pair for pair in zip(row_classes.tolist(), row_scores.tolist()))
+    lines.append("%s,%s\n" % (video_id.decode("utf-8"), pairs))
+  return "".join(lines)
+
+
+def make_predict_fn(model, top_k: int):
+  @tf.function
+  def predict(video_matrix, num_frames):
+    predictions = model(video_matrix, num_frames, training=False)["predictions"]
+    # top_k breaks ties by the lower class index, so equal scores keep a fixed order.
+    scores, classes = tf.math.top_k(predictions, k=top_k, sorted=True)
+    return scores, classes
+  return predict
+
+
+def task_split(task_index, num_tasks):
+  """(index, count) of this process's part: from the flags, else from TF_CONFIG."""
+  if num_tasks is not None or task_index is not None:
+    num_tasks, task_index = num_tasks or 1, task_index or 0
+  else:
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = tf_config.get("task", {})
+    cluster = tf_config.get("cluster", {})
+    num_tasks = max(len(cluster.get(task.get("type", ""), [])), 1)
+    task_index = task.get("index", 0) if num_tasks > 1 else 0
+  if not 0 <= task_index < num_tasks:
+    raise utils.InputError("--task_index=%d is outside [0, --num_tasks=%d)" % (task_index,
+                                                                             num_tasks))
+  return task_index, num_tasks
+
+
+def part_file_name(output_file: str, task_index: int, num_tasks: int) -> str:
+  if num_tasks == 1:
+    return output_file
+  return "%s.part-%05d-of-%05d" % (output_file, task_index, num_tasks)
+
+
+def run_inference(model, config, data_pattern, output_file, batch_size, top_k, num_readers,
+                  task_index=0, num_tasks=1, skip_corrupt_records=False):
+  """Predicts every record matched by data_pattern and writes output_file atomically."""
+  reader = readers.reader_for_config(config)
+  dataset = readers.get_input_dataset(
+      reader, data_pattern, batch_size, num_readers=num_readers, shuffle=False, num_epochs=1,
+      num_shards=num_tasks, shard_index=task_index, **(
+          {"skip_corrupt_records": True} if skip_corrupt_records else {}))
+  predict = make_predict_fn(model, top_k)
+  start, count = time.time(), 0
+  with utils.atomic_output(output_file) as out:
+    out.write(HEADER)
+    try:
+      for batch in dataset:
+        scores, classes = predict(batch["video_matrix"], batch["num_frames"])
+        out.write(format_rows(batch["video_ids"].numpy(), classes.numpy(), scores.numpy()))
+        count += int(scores.shape[0])
+        elapsed = time.time() - start
+        logging.info("%d videos written | %.1f videos/s", count, count / max(elapsed, 1e-9))
+    except tf.errors.OpError as e:
+      raise readers.describe_data_error(e)
+  logging.info("wrote %s: %d videos in %.1f s", output_file, count, time.time() - start)
+  return count
+
+
+def merge_parts(output_file: str, parts):
+  """Concatenates part CSVs (each with its header) into output_file, in part order."""
+  with utils.atomic_output(output_file) as out:
+    out.write(HEADER)
+    for part in parts:
+      with open(part) as f:
+        if f.readline() != HEADER:
+          raise utils.InputError("%s: not an inference CSV part (bad header)" % part)
+        for line in f:
+          out.write(line)
+
+
+def main(unused_argv):
+  logging.set_verbosity(logging.INFO)
+  if not FLAGS.output_file:
+    raise utils.InputError("--output_file is empty")
+  if FLAGS.merge_parts:
+    parts = sorted(glob.glob(FLAGS.output_file + ".part-*-of-*"))
+    if not parts:
+      raise utils.InputError("no parts %s.part-*-of-* to merge" % FLAGS.output_file)
+    merge_parts(FLAGS.output_file, parts)
+    logging.info("merged %d parts into %s", len(parts), FLAGS.output_file)
+    return
+  if not FLAGS.input_data_pattern:
+    raise utils.InputError("--input_data_pattern is empty")
+  if FLAGS.batch_size <= 0:
+    raise utils.InputError("--batch_size must be positive, got %d" % FLAGS.batch_size)
+  if FLAGS.top_k <= 0:
+    raise utils.InputError("--top_k must be positive, got %d" % FLAGS.top_k)
+  readers.match_files(FLAGS.input_data_pattern)
+  model, config, _ = checkpoint_utils.load_trained_model(
+      FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),
+      script_flags.explicit_model_flags())
+  if FLAGS.top_k > config.num_classes:
+    raise utils.InputError("--top_k=%d exceeds the model's %d classes" % (FLAGS.top_k,
+                                                                       config.num_classes))
+  task_index, num_tasks = task_split(FLAGS.task_index, FLAGS.num_tasks)
+  output_file = part_file_name(FLAGS.output_file, task_index, num_tasks)
+  run_inference(model, config, FLAGS.input_data_pattern, output_file, FLAGS.batch_size,
+                FLAGS.top_k, FLAGS.num_readers, task_index, num_tasks,
+                FLAGS.skip_corrupt_records)
+
+
+if __name__ == "__main__":
+  script_flags.define_flags("inference")
+  flags.DEFINE_bool("merge_parts", False,
+                    "Join <output_file>.part-*-of-* (written with --num_tasks) into "
+                    "--output_file and exit.")
+  script_flags.run(main)

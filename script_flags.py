@@ -1,0 +1,255 @@
+"""The command-line contract shared by train.py, eval.py and inference.py.
+
+Every script defines every flag of the original suite (train, eval, inference, model and loss
+flags), so a README command line that hands a script a flag it never used (the original's
+argparse-era tf.flags silently ignored those) still runs; a flag no script knows is an error.
+Unique prefixes of flag names are expanded (`--max_step` -> `--max_steps`) as the original's
+argparse-based flags did. Flags are read here and in the scripts' main functions only.
+"""
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from typing import List, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+import models
+import utils
+
+FLAGS = flags.FLAGS
+CONFIG_FILE = "model_config.json"
+
+# Defaults that differ between the original scripts.
+_SCRIPT_DEFAULTS = {
+    "train": dict(batch_size=1024, num_readers=8),
+    "eval": dict(batch_size=1024, num_readers=4),
+    "inference": dict(batch_size=8192, num_readers=4),
+}
+
+_MODEL_FLAG_HELP = {
+    "model": "Model class, looked up in frame_level_models then video_level_models.",
+    "feature_names": "Comma-separated feature names (rgb,audio for frame level).",
+    "feature_sizes": "Comma-separated feature dimensions, one per name.",
+    "frame_features": "True: frame-level SequenceExamples; False: video-level Examples.",
+    "num_classes": "Vocabulary size V (4716 for the 2017 dataset, 3862 for 2018+).",
+    "iterations": "Frames sampled per video by the cluster models (and the RNNs with "
+                  "*_random_sequence).",
+    "sample_random_frames": "Training sampler of the cluster models: i.i.d. random frames "
+                            "(True) or a random contiguous clip (False).",
+    "netvlad_cluster_size": "NetVLAD clusters (audio gets half).",
+    "netvlad_hidden_size": "NetVLAD/NetRVLAD hidden size.",
+    "netvlad_relu": "NetVLAD hidden layer: batch norm + relu6 (else affine).",
+    "netvlad_add_batch_norm": "Batch norm in NetVLADModelLF and NetFVModelLF.",
+    "lightvlad": "NetVLADModelLF: use NetRVLAD (no cluster centres).",
+    "vlagd": "NetVLADModelLF: use NetVLAGD (if not --lightvlad).",
+    "gating": "Context gating after the hidden layer (NetVLAD, NetFV).",
+    "gating_remove_diag": "Context/probability gating without the self term.",
+    "fv_cluster_size": "NetFV clusters (audio gets half).",
+    "fv_hidden_size": "NetFV hidden size.",
+    "fv_relu": "NetFV hidden layer: batch norm + relu6 (else affine).",
+    "fv_couple_weights": "NetFV centres tied to the assignment weights.",
+    "fv_coupling_factor": "NetFV tie factor.",
+    "dbof_cluster_size": "DBoF-family clusters (audio gets 1/8).",
+    "dbof_hidden_size": "DBoF-family hidden size.",
+    "dbof_relu": "DBoF-family hidden layer: batch norm + relu6 (else affine).",
+    "dbof_add_batch_norm": "Batch norm in the DBoF family.",
+    "dbof_activation": "DbofModelLF activation: relu (relu6), glu or none.",
+    "dbof_pooling_method": "Starter DbofModel frame pooling: max or average.",
+    "softdbof_maxpool": "Soft-DBoW adds an l2-normalized max pool.",
+    "fc_dimred": "Gated/Soft DBoF: apply the hidden layer.",
+    "lstm_cells": "LSTM units per layer.",
+    "lstm_layers": "LSTM layers.",
+    "lstm_random_sequence": "LSTM: subsample --iterations frames.",
+    "lstm_backward": "LSTM: reverse each video's frames.",
+    "gru_cells": "GRU units per layer.",
+    "gru_layers": "GRU layers.",
+    "gru_random_sequence": "GRU: subsample --iterations frames.",
+    "gru_backward": "GRU: reverse each video's frames.",
+    "video_level_classifier_model": "Classifier head: MoeModel or LogisticModel.",
+    "moe_num_mixtures": "Experts per class in the MoE head.",
+    "moe_l2": "L2 scale on the MoE gate and expert weights.",
+    "moe_low_rank_gating": "-1: full MoE gate matrix; r > 0: rank-r gate.",
+    "moe_prob_gating": "Context-gate the MoE output probabilities.",
+    "moe_prob_gating_input": "prob: gate from the probabilities; else from the MoE input.",
+}
+
+# Flags the original defined but never read; accepted so old command lines keep working.
+_UNUSED_INT_FLAGS = dict(netvlad_dimred=-1, gatednetvlad_dimred=1024, hidden_size=1024,
+                         netvlad_hidden_size_video=1024, netvlad_hidden_size_audio=64,
+                         lstm_cells_video=1024, lstm_cells_audio=128, gru_cells_video=1024,
+                         gru_cells_audio=128, dbof_var_features=0)
+
+
+def _define_model_flags():
+  defaults = models.ModelConfig()
+  for field in dataclasses.fields(models.ModelConfig):
+    name, value = field.name, getattr(defaults, field.name)
+    help_text = _MODEL_FLAG_HELP[name]
+    if name == "feature_names":
+      flags.DEFINE_string(name, ",".join(value), help_text)
+    elif name == "feature_sizes":
+      flags.DEFINE_string(name, ",".join(str(v) for v in value), help_text)
+    elif isinstance(value, bool):
+      flags.DEFINE_bool(name, value, help_text)
+    elif isinstance(value, int):
+      flags.DEFINE_integer(name, value, help_text)
+    elif isinstance(value, float):
+      flags.DEFINE_float(name, value, help_text)
+    else:
+      flags.DEFINE_string(name, value, help_text)
+  for name, value in _UNUSED_INT_FLAGS.items():
+    flags.DEFINE_integer(name, value, "Unused (defined by the original, accepted).")
+
+
+def define_flags(script: str):
+  """Defines every flag of the suite, with `script`'s defaults where the originals differ."""
+  d = _SCRIPT_DEFAULTS[script]
+  _define_model_flags()
+  # Shared.
+  flags.DEFINE_string("train_dir", os.path.join(tempfile.gettempdir(), "yt8m_model"),
+                      "Checkpoints, saved model configuration, summaries and exports.")
+  flags.DEFINE_integer("batch_size", d["batch_size"],
+                       "Examples per step and per replica (train), or per batch (eval, "
+                       "inference).")
+  flags.DEFINE_integer("num_readers", d["num_readers"], "Files read in parallel.")
+  flags.DEFINE_string("label_loss", "CrossEntropyLoss",
+                      "Loss class in losses.py: CrossEntropyLoss, HingeLoss or SoftmaxLoss.")
+  flags.DEFINE_float("alpha", 0.5, "CrossEntropyLoss weight of the positive labels.")
+  flags.DEFINE_integer("check_point", -1,
+                       "eval/inference: step of the checkpoint to use; < 0 means the latest.")
+  flags.DEFINE_integer("top_k", 20, "eval: predictions per video kept for GAP; inference: "
+                       "label/score pairs written per video.")
+  # train.py.
+  flags.DEFINE_string("train_data_pattern", "", "Glob of the training TFRecords.")
+  flags.DEFINE_bool("start_new_model", False,
+                    "Delete the checkpoints in train_dir and start from scratch.")
+  flags.DEFINE_float("regularization_penalty", 1.0, "Multiplier on the regularization loss.")
+  flags.DEFINE_float("base_learning_rate", 0.001, "Initial learning rate.")
+  flags.DEFINE_float("learning_rate_decay", 0.9, "Staircase decay factor.")
+  flags.DEFINE_float("learning_rate_decay_examples", 4000000,
+                     "Examples (global) between two learning-rate decays.")
+  flags.DEFINE_integer("num_epochs", 15, "Passes over the training data, then stop.")
+  flags.DEFINE_integer("max_steps", None, "Stop once the global step reaches this value.")
+  flags.DEFINE_integer("export_model_steps", 10000, "Steps between SavedModel exports.")
+  flags.DEFINE_string("optimizer", "AdamOptimizer",
+                      "Optimizer: a TF1 name (AdamOptimizer, GradientDescentOptimizer, ...) or "
+                      "a Keras one (Adam, SGD, ...).")
+  flags.DEFINE_float("clip_gradient_norm", 1.0,
+                     "Clip each gradient tensor to this L2 norm (0 disables).")
+  flags.DEFINE_bool("log_device_placement", False, "Log the device of every op.")
+  flags.DEFINE_integer("bn_calibration_batches", 100,
+                       "Training batches over which batch-norm population statistics are "
+                       "re-estimated before each checkpoint (0 keeps the moving averages).")
+  flags.DEFINE_integer("save_checkpoint_secs", 900, "Seconds between checkpoints.")
+  flags.DEFINE_integer("save_checkpoint_steps", 0, "Steps between checkpoints (0: by time).")
+  flags.DEFINE_integer("keep_checkpoints", 5, "Checkpoints kept in train_dir (0 keeps all).")
+  flags.DEFINE_integer("log_steps", 10, "Steps between progress lines.")
+  flags.DEFINE_integer("seed", None, "Random seed (initialization, sampling, shuffling).")
+  flags.DEFINE_string("distribution_strategy", "auto",
+                      "auto, default, mirrored or multi_worker.")
+  flags.DEFINE_string("init_from_checkpoint", "",
+                      "Start from the weights of this train_dir (ours or the original's TF1).")
+  # eval.py.
+  flags.DEFINE_string("eval_data_pattern", "", "Glob of the evaluation TFRecords.")
+  flags.DEFINE_bool("run_once", False, "eval: evaluate one checkpoint and exit.")
+  flags.DEFINE_integer("eval_interval_secs", 60, "eval: seconds between checks for a new "
+                       "checkpoint.")
+  # inference.py.
+  flags.DEFINE_string("input_data_pattern", "", "Glob of the TFRecords to predict.")
+  flags.DEFINE_string("output_file", "", "CSV to write.")
+  flags.DEFINE_integer("task_index", None, "inference: this process's part of the input.")
+  flags.DEFINE_integer("num_tasks", None, "inference: number of parts the input is split in.")
+  flags.DEFINE_bool("skip_corrupt_records", False,
+                    "inference: skip unreadable records (and count them) instead of failing.")
+
+
+def expand_flag_prefixes(argv: Sequence[str], known: Sequence[str]) -> List[str]:
+  """Rewrites `--prefix[=v]` to `--full_name[=v]` when prefix names exactly one flag."""
+  known = set(known)
+  out = list(argv[:1])
+  for arg in argv[1:]:
+    if arg.startswith("--") and len(arg) > 2:
+      name, sep, value = arg[2:].partition("=")
+      bare = name[2:] if name.startswith("no") and name[2:] in known else name
+      if bare not in known:
+        matches = [k for k in known if k.startswith(name)]
+        if len(matches) == 1:
+          arg = "--" + matches[0] + sep + value
+    out.append(arg)
+  return out
+
+
+def parse_flags(argv):
+  """absl flags parser with the original's prefix matching."""
+  try:
+    return FLAGS(expand_flag_prefixes(argv, list(FLAGS)))
+  except flags.Error as e:
+    sys.stderr.write("error: %s\n" % e)
+    sys.exit(1)
+
+
+def run(main):
+  """app.run with prefix matching; an InputError ends the script with one line, exit 1."""
+  def guarded_main(argv):
+    try:
+      return main(argv)
+    except utils.InputError as e:
+      logging.flush()
+      sys.stderr.write("error: %s\n" % e)
+      sys.exit(1)
+  app.run(guarded_main, flags_parser=parse_flags)
+
+
+def model_config_from_flags() -> models.ModelConfig:
+  names, sizes = utils.parse_feature_list(FLAGS.feature_names, FLAGS.feature_sizes)
+  values = {f: FLAGS[f].value for f in models.CONFIG_FIELDS
+            if f not in ("feature_names", "feature_sizes")}
+  config = models.ModelConfig(feature_names=names, feature_sizes=sizes, **values)
+  models.get_model_class(config.model)  # an unknown model is an error before any work
+  return config
+
+
+def explicit_model_flags() -> List[str]:
+  return [f for f in models.CONFIG_FIELDS if FLAGS[f].present]
+
+
+def saved_config_path(train_dir: str) -> str:
+  return os.path.join(train_dir, CONFIG_FILE)
+
+
+def load_saved_config(train_dir: str) -> Optional[models.ModelConfig]:
+  import tensorflow as tf  # lazily: flag parsing should not need TensorFlow
+  path = saved_config_path(train_dir)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return models.ModelConfig.from_json(f.read())
+  except (ValueError, TypeError) as e:
+    raise utils.InputError("%s: unreadable model configuration (%s)" % (path, e))
+
+
+def save_config(train_dir: str, config: models.ModelConfig):
+  utils.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
+
+
+def reconcile_config(saved: models.ModelConfig, requested: models.ModelConfig,
+                     explicit: Sequence[str], train_dir: str) -> models.ModelConfig:
+  """The saved configuration wins; explicit flags that disagree get one warning line."""
+  differing = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
+                                         _flag_text(getattr(saved, name)))
+               for name in explicit if getattr(saved, name) != getattr(requested, name)]
+  if differing:
+    logging.warning("using the model configuration saved in %s; ignoring %s", train_dir,
+                    ", ".join(differing))
+  return saved
+
+
+def _flag_text(value):
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value)
+  return json.dumps(value) if isinstance(value, str) else str(value)

@@ -1,0 +1,419 @@
+"""The training loop behind train.py: strategy, optimizer, schedule, step, checkpoints.
+
+Faithful to the original step (SPEC.md 3.2): total = penalty * l2 + label loss; each gradient
+tensor clipped to --clip_gradient_norm on its own (not a global norm); staircase decay counted
+in examples; TF1 optimizer constants (Adam epsilon 1e-8). What differs, on purpose: batch-norm
+population statistics are re-estimated before every checkpoint (precise BN), so that eval and
+inference, which use them, see the right statistics at any step.
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import eval_util
+import losses
+import model_blocks
+import models
+import readers
+import script_flags
+import utils
+
+
+@dataclasses.dataclass
+class TrainOptions:
+  train_dir: str
+  data_pattern: str
+  batch_size: int = 1024
+  num_readers: int = 8
+  num_epochs: Optional[int] = 15
+  max_steps: Optional[int] = None
+  base_learning_rate: float = 0.001
+  learning_rate_decay: float = 0.9
+  learning_rate_decay_examples: float = 4000000
+  optimizer: str = "AdamOptimizer"
+  clip_gradient_norm: float = 1.0
+  regularization_penalty: float = 1.0
+  label_loss: str = "CrossEntropyLoss"
+  alpha: float = 0.5
+  bn_calibration_batches: int = 100
+  save_checkpoint_secs: int = 900
+  save_checkpoint_steps: int = 0
+  keep_checkpoints: int = 5
+  log_steps: int = 10
+  export_model_steps: int = 10000
+  init_from_checkpoint: str = ""
+  seed: Optional[int] = None
+
+
+# ----------------------------------------------------------------------------------------
+# Strategy.
+
+def choose_strategy(name: str) -> tf.distribute.Strategy:
+  """auto: MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored with several GPUs,
+  else the default strategy."""
+  if name == "auto":
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if sum(len(v) for v in cluster.values()) > 1:
+      name = "multi_worker"
+    elif len(tf.config.list_logical_devices("GPU")) > 1:
+      name = "mirrored"
+    else:
+      name = "default"
+  if name == "default":
+    strategy = tf.distribute.get_strategy()
+  elif name == "mirrored":
+    strategy = tf.distribute.MirroredStrategy()
+  elif name == "multi_worker":
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  else:
+    raise utils.InputError("--distribution_strategy must be auto, default, mirrored or "
+                           "multi_worker, got %r" % name)
+  logging.info("distribution strategy %s: %d replica(s) on %d worker(s)",
+               type(strategy).__name__, strategy.num_replicas_in_sync, num_workers(strategy))
+  return strategy
+
+
+def num_workers(strategy) -> int:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return 1
+  spec = resolver.cluster_spec().as_dict()
+  return len(spec.get("worker", [])) + len(spec.get("chief", []))
+
+
+def is_chief(strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizer and learning rate.
+
+class ExampleStaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """lr = base * decay ^ floor(step * global_batch / decay_examples) (SPEC.md 3.2)."""
+
+  def __init__(self, base: float, decay: float, decay_examples: float, global_batch: int):
+    self.base, self.decay = base, decay
+    self.decay_examples, self.global_batch = decay_examples, global_batch
+
+  def __call__(self, step):
+    examples = tf.cast(step, tf.float64) * self.global_batch
+    exponent = tf.floor(examples / self.decay_examples)
+    return tf.cast(self.base * tf.pow(tf.constant(self.decay, tf.float64), exponent), tf.float32)
+
+  def get_config(self):
+    return dict(base=self.base, decay=self.decay, decay_examples=self.decay_examples,
+                global_batch=self.global_batch)
+
+
+# The original built tf.train.<name>(learning_rate); these are the TF1 defaults of each.
+_OPTIMIZERS = {
+    "AdamOptimizer": lambda lr: keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999,
+                                                      epsilon=1e-8),
+    "GradientDescentOptimizer": lambda lr: keras.optimizers.SGD(lr),
+    "MomentumOptimizer": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
+    "AdagradOptimizer": lambda lr: keras.optimizers.Adagrad(
+        lr, initial_accumulator_value=0.1, epsilon=1e-7),
+    "AdadeltaOptimizer": lambda lr: keras.optimizers.Adadelta(lr, rho=0.95, epsilon=1e-8),
+    "RMSPropOptimizer": lambda lr: keras.optimizers.RMSprop(lr, rho=0.9, epsilon=1e-10),
+    "FtrlOptimizer": lambda lr: keras.optimizers.Ftrl(lr),
+}
+_KERAS_NAMES = {"Adam": "AdamOptimizer", "SGD": "GradientDescentOptimizer",
+                "Adagrad": "AdagradOptimizer", "Adadelta": "AdadeltaOptimizer",
+                "RMSprop": "RMSPropOptimizer", "Ftrl": "FtrlOptimizer"}
+
+
+def make_optimizer(name: str, learning_rate):
+  name = _KERAS_NAMES.get(name, name)
+  if name not in _OPTIMIZERS:
+    raise utils.InputError("unknown --optimizer %r; valid: %s" % (
+        name, ", ".join(sorted(list(_OPTIMIZERS) + list(_KERAS_NAMES)))))
+  return _OPTIMIZERS[name](learning_rate)
+
+
+# ----------------------------------------------------------------------------------------
+# Precise batch-norm statistics.
+
+def calibrate_batch_norm(model, batches, num_batches: int) -> int:
+  """Sets every batch-norm layer's moving mean/variance to the population statistics of
+  its input over `num_batches` training-mode batches (an exact average, weighted by batch
+  size). Trainable weights are untouched. Returns the number of batches used."""
+  if num_batches <= 0 or not model_blocks_has_batch_norm(model):
+    return 0
+  recorded_layers = []
+
+  @tf.function
+  def batch_statistics(video_matrix, num_frames):
+    with model_blocks.recording_batch_statistics() as records:
+      model(video_matrix, num_frames, training=True)
+    recorded_layers[:] = [layer for layer, _, _ in records]
+    return [(mean, variance + tf.square(mean)) for _, mean, variance in records]
+
+  sums, total, used = None, 0.0, 0
+  for batch in batches.take(num_batches):
+    stats = batch_statistics(batch["video_matrix"], batch["num_frames"])
+    size = float(batch["num_frames"].shape[0])
+    stats = [(m.numpy() * size, s.numpy() * size) for m, s in stats]
+    sums = stats if sums is None else [(a + m, b + s) for (a, b), (m, s) in zip(sums, stats)]
+    total += size
+    used += 1
+  for layer, (mean_sum, square_sum) in zip(recorded_layers, sums or []):
+    mean = mean_sum / total
+    layer.moving_mean.assign(mean)
+    layer.moving_variance.assign(np.maximum(square_sum / total - np.square(mean), 0.0))
+  return used
+
+
+def model_blocks_has_batch_norm(model) -> bool:
+  return any(isinstance(m, model_blocks.BatchNorm) for m in model.submodules)
+
+
+# ----------------------------------------------------------------------------------------
+# Progress.
+
+class Progress:
+  """Steps/s, examples/s and ETA over the last logging interval."""
+
+  def __init__(self, global_batch: int, max_steps: Optional[int]):
+    self.global_batch, self.max_steps = global_batch, max_steps
+    self.last_time, self.last_step = time.time(), None
+
+  def rates(self, step: int):
+    now = time.time()
+    if self.last_step is None:
+      self.last_step, self.last_time = step, now
+      return None
+    steps_per_sec = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    eta = None
+    if self.max_steps and steps_per_sec > 0:
+      eta = max(self.max_steps - step, 0) / steps_per_sec
+    return steps_per_sec, steps_per_sec * self.global_batch, eta
+
+
+def format_duration(seconds) -> str:
+  seconds = int(round(seconds))
+  return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+# ----------------------------------------------------------------------------------------
+# The trainer.
+
+class Trainer:
+  """Builds the model under the strategy, restores or initializes, and runs the loop."""
+
+  def __init__(self, config: models.ModelConfig, options: TrainOptions,
+               strategy: tf.distribute.Strategy):
+    self.config, self.options, self.strategy = config, options, strategy
+    self.chief = is_chief(strategy)
+    self.replicas = strategy.num_replicas_in_sync
+    self.global_batch = options.batch_size * self.replicas
+    self.reader = readers.reader_for_config(config)
+    self.loss = losses.get_loss(options.label_loss, options.alpha)
+    self.stop_requested = False
+    # Non-chief workers must take part in saving; they write to a scratch directory.
+    self.checkpoint_dir = options.train_dir if self.chief else tempfile.mkdtemp(
+        prefix="willow-worker-")
+    with strategy.scope():
+      self.model = models.build_model(config)
+      schedule = ExampleStaircaseDecay(options.base_learning_rate, options.learning_rate_decay,
+                                       options.learning_rate_decay_examples, self.global_batch)
+      self.optimizer = make_optimizer(options.optimizer, schedule)
+      self.optimizer.build(self.model.trainable_variables)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, self.checkpoint_dir, max_to_keep=options.keep_checkpoints or None,
+        checkpoint_name="model.ckpt", step_counter=self.optimizer.iterations)
+    self.writer = (tf.summary.create_file_writer(options.train_dir) if self.chief
+                   else tf.summary.create_noop_writer())
+
+  @property
+  def step(self) -> int:
+    return int(self.optimizer.iterations.numpy())
+
+  # -- data ------------------------------------------------------------------------------
+
+  def _dataset(self, input_context=None, shuffle=True, num_epochs=None, seed=None):
+    shards, index, batch = 1, 0, self.options.batch_size
+    if input_context is not None:
+      shards, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+      batch = input_context.get_per_replica_batch_size(self.global_batch) * (
+          self.replicas // shards)
+    return readers.get_input_dataset(
+        self.reader, self.options.data_pattern, batch, num_readers=self.options.num_readers,
+        shuffle=shuffle, num_epochs=num_epochs, seed=seed, num_shards=shards,
+        shard_index=index, drop_remainder=self.replicas > 1)
+
+  def distributed_dataset(self):
+    return self.strategy.distribute_datasets_from_function(
+        lambda ctx: self._dataset(ctx, num_epochs=self.options.num_epochs,
+                                  seed=self.options.seed))
+
+  def calibration_batches(self):
+    seed = None if self.options.seed is None else self.options.seed + 1
+    return self._dataset(num_epochs=None, seed=seed)
+
+  # -- step ------------------------------------------------------------------------------
+
+  def _replica_step(self, batch):
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      predictions = self.model(batch["video_matrix"], batch["num_frames"],
+                               training=True)["predictions"]
+      label_loss = self.loss.calculate_loss(predictions, batch["labels"])
+      reg_loss = self.model.regularization_loss()
+      total_loss = self.options.regularization_penalty * reg_loss + label_loss
+    gradients = tape.gradient(total_loss, variables)
+    context = tf.distribute.get_replica_context()
+    if self.replicas > 1:
+      # The clip applies to the gradient of the global batch, as on one device.
+      gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
+    if self.options.clip_gradient_norm > 0:
+      gradients = [tf.clip_by_norm(g, self.options.clip_gradient_norm) for g in gradients]
+    if self.replicas > 1:
+      # Keras sums gradients over replicas once more inside apply_gradients.
+      gradients = [g / self.replicas for g in gradients]
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    return dict(label_loss=label_loss, reg_loss=reg_loss, total_loss=total_loss,
+                predictions=predictions, labels=batch["labels"])
+
+  @tf.function
+  def train_step(self, batch):
+    outputs = self.strategy.run(self._replica_step, args=(batch,))
+    mean = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+    gather = lambda v: tf.concat(self.strategy.experimental_local_results(v), axis=0)
+    return dict(label_loss=mean(outputs["label_loss"]), reg_loss=mean(outputs["reg_loss"]),
+                total_loss=mean(outputs["total_loss"]),
+                predictions=gather(outputs["predictions"]), labels=gather(outputs["labels"]))
+
+  # -- checkpoints -----------------------------------------------------------------------
+
+  def restore_or_initialize(self):
+    latest = self.manager.latest_checkpoint
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      logging.info("resumed from %s (step %d)", latest, self.step)
+    elif self.options.init_from_checkpoint:
+      import checkpoint_import  # only needed for this path
+      checkpoint_import.initialize_from(self.model, self.options.init_from_checkpoint)
+    else:
+      logging.info("starting from scratch")
+
+  def save(self, reason: str):
+    used = calibrate_batch_norm(self.model, self.calibration_batches(),
+                                self.options.bn_calibration_batches)
+    path = self.manager.save(checkpoint_number=self.step)
+    logging.info("saved %s (%s%s)", path if self.chief else "worker checkpoint", reason,
+                 ", batch-norm statistics over %d batches" % used if used else "")
+    return path
+
+  def export(self):
+    if not self.chief:
+      return
+    import export_model  # only needed for exports
+    export_dir = os.path.join(self.options.train_dir, "export", "step_%d" % self.step)
+    export_model.export_saved_model(self.model, self.config, export_dir)
+    logging.info("exported SavedModel to %s", export_dir)
+
+  # -- loop ------------------------------------------------------------------------------
+
+  def _request_stop(self, signum, unused_frame):
+    logging.warning("received signal %d: saving a checkpoint, then stopping", signum)
+    self.stop_requested = True
+
+  def _log(self, step, outputs, progress):
+    rates = progress.rates(step)
+    predictions = outputs["predictions"].numpy()
+    labels = outputs["labels"].numpy()
+    gap = eval_util.calculate_gap(predictions, labels)
+    hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
+    loss = float(outputs["label_loss"])
+    line = "step %d | loss %.4f | GAP %.3f | hit@1 %.3f" % (step, loss, gap, hit_at_one)
+    if rates:
+      steps_per_sec, examples_per_sec, eta = rates
+      line += " | %.2f steps/s | %.1f examples/s" % (steps_per_sec, examples_per_sec)
+      if eta is not None:
+        line += " | ETA %s" % format_duration(eta)
+    logging.info(line)
+    with self.writer.as_default(step=step):
+      tf.summary.scalar("model/label_loss", loss)
+      tf.summary.scalar("model/reg_loss", float(outputs["reg_loss"]))
+      tf.summary.scalar("model/Training_GAP", gap)
+      tf.summary.scalar("model/Training_Hit@1", hit_at_one)
+      tf.summary.scalar("learning_rate", float(self.optimizer.learning_rate))
+      if rates:
+        tf.summary.scalar("global_step/Examples/Second", rates[1])
+
+  def _should_save(self, step, last_save_time, last_save_step):
+    o = self.options
+    if o.save_checkpoint_steps > 0:
+      return step - last_save_step >= o.save_checkpoint_steps
+    return time.time() - last_save_time >= o.save_checkpoint_secs
+
+  def run(self):
+    o = self.options
+    logging.info("model %s: {:,} trainable parameters".format(
+        self.model.num_trainable_parameters), self.config.model)
+    if self.chief:
+      tf.io.gfile.makedirs(o.train_dir)
+      script_flags.save_config(o.train_dir, self.config)
+    self.restore_or_initialize()
+    if o.max_steps is not None and self.step >= o.max_steps:
+      logging.info("step %d already reached --max_steps=%d: nothing to do", self.step,
+                   o.max_steps)
+      return
+    previous_handlers = {s: signal.signal(s, self._request_stop)
+                         for s in (signal.SIGINT, signal.SIGTERM)}
+    progress = Progress(self.global_batch, o.max_steps)
+    last_save_time, last_save_step, last_export_step = time.time(), self.step, self.step
+    reason = "epoch limit reached"
+    try:
+      for batch in self.distributed_dataset():
+        outputs = self.train_step(batch)
+        step = self.step
+        if not np.isfinite(float(outputs["total_loss"])):
+          raise FloatingPointError(
+              "training stopped at step %d: the loss is %s; the last checkpoint in %s is "
+              "intact" % (step, float(outputs["total_loss"]), o.train_dir))
+        if step % o.log_steps == 0 or step == 1:
+          self._log(step, outputs, progress)
+        if o.max_steps is not None and step >= o.max_steps:
+          reason = "reached --max_steps"
+          break
+        if self.stop_requested:
+          reason = "stopped by signal"
+          break
+        if self._should_save(step, last_save_time, last_save_step):
+          self.save("periodic")
+          last_save_time, last_save_step = time.time(), step
+        if o.export_model_steps > 0 and step - last_export_step >= o.export_model_steps:
+          self.export()
+          last_export_step = step
+    except tf.errors.OpError as e:
+      raise readers.describe_data_error(e)
+    finally:
+      for s, handler in previous_handlers.items():
+        signal.signal(s, handler)
+    self.save(reason)
+    if reason != "stopped by signal":
+      self.export()
+    self.writer.flush()
+    if not self.chief:
+      shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+    logging.info("training finished at step %d (%s)", self.step, reason)
