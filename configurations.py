@@ -102,3 +102,31 @@ CONFIGS_BY_KEY: Dict[str, WillowConfig] = {c.key: c for c in WILLOW_CONFIGS}
 
 # The seven CSVs the original README's inference lines write: file_averaging.py's default inputs.
 README_INFERENCE_OUTPUTS: List[str] = [c.inference_output for c in WILLOW_CONFIGS]
+
+
+# `make demo`: the same command lines, scaled down to train on generated data in about a
+# minute per model on 2 CPU cores. Each key is a flag of the README line; values replace it.
+DEMO_SCALE: Dict[str, Dict[str, str]] = {
+    "netvlad": dict(netvlad_cluster_size="16", netvlad_hidden_size="64", iterations="30",
+                    batch_size="32"),
+    "netfv": dict(fv_cluster_size="8", fv_hidden_size="64", iterations="30", batch_size="32"),
+    "gated_dbof": dict(dbof_cluster_size="128", dbof_hidden_size="64", iterations="30",
+                       batch_size="32"),
+    "soft_dbof": dict(dbof_cluster_size="256", dbof_hidden_size="64", iterations="30",
+                      batch_size="32"),
+    "netrvlad": dict(netvlad_cluster_size="16", netvlad_hidden_size="64", iterations="30",
+                     batch_size="32"),
+    "gru": dict(gru_cells="32", batch_size="32", gru_random_sequence="True", iterations="30"),
+    "lstm": dict(lstm_cells="32", iterations="30", batch_size="32"),
+}
+# Flags every scaled run shares: the demo's class count, a learning rate suited to a few
+# hundred steps, and cheap checkpoints.
+DEMO_COMMON = dict(max_step="300", base_learning_rate="0.002", bn_calibration_batches="20",
+                   save_checkpoint_steps="100000", export_model_steps="0", log_steps="50")
+
+
+def scaled_args(args: List[str], scale: Dict[str, str]) -> List[str]:
+  """Replaces (or appends) each flag of `scale` in README-style args."""
+  for name, value in scale.items():
+    args = with_flag(args, name, value)
+  return args

@@ -7,6 +7,7 @@ Unique prefixes of flag names are expanded (`--max_step` -> `--max_steps`) as th
 argparse-based flags did. Flags are read here and in the scripts' main functions only.
 """
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -84,86 +85,95 @@ _UNUSED_INT_FLAGS = dict(netvlad_dimred=-1, gatednetvlad_dimred=1024, hidden_siz
                          gru_cells_audio=128, dbof_var_features=0)
 
 
-def _define_model_flags():
+def _definers(fv):
+  """DEFINE_string/bool/integer/float bound to the FlagValues fv."""
+  return tuple(functools.partial(define, flag_values=fv) for define in (
+      flags.DEFINE_string, flags.DEFINE_bool, flags.DEFINE_integer, flags.DEFINE_float))
+
+
+def _define_model_flags(fv):
+  define_string, define_bool, define_integer, define_float = _definers(fv)
   defaults = models.ModelConfig()
   for field in dataclasses.fields(models.ModelConfig):
     name, value = field.name, getattr(defaults, field.name)
     help_text = _MODEL_FLAG_HELP[name]
     if name == "feature_names":
-      flags.DEFINE_string(name, ",".join(value), help_text)
+      define_string(name, ",".join(value), help_text)
     elif name == "feature_sizes":
-      flags.DEFINE_string(name, ",".join(str(v) for v in value), help_text)
+      define_string(name, ",".join(str(v) for v in value), help_text)
     elif isinstance(value, bool):
-      flags.DEFINE_bool(name, value, help_text)
+      define_bool(name, value, help_text)
     elif isinstance(value, int):
-      flags.DEFINE_integer(name, value, help_text)
+      define_integer(name, value, help_text)
     elif isinstance(value, float):
-      flags.DEFINE_float(name, value, help_text)
+      define_float(name, value, help_text)
     else:
-      flags.DEFINE_string(name, value, help_text)
+      define_string(name, value, help_text)
   for name, value in _UNUSED_INT_FLAGS.items():
-    flags.DEFINE_integer(name, value, "Unused (defined by the original, accepted).")
+    define_integer(name, value, "Unused (defined by the original, accepted).")
 
 
-def define_flags(script: str):
+def define_flags(script: str, fv=None):
   """Defines every flag of the suite, with `script`'s defaults where the originals differ."""
+  fv = FLAGS if fv is None else fv
   d = _SCRIPT_DEFAULTS[script]
-  _define_model_flags()
+  define_string, define_bool, define_integer, define_float = _definers(fv)
+  _define_model_flags(fv)
   # Shared.
-  flags.DEFINE_string("train_dir", os.path.join(tempfile.gettempdir(), "yt8m_model"),
+  define_string("train_dir", os.path.join(tempfile.gettempdir(), "yt8m_model"),
                       "Checkpoints, saved model configuration, summaries and exports.")
-  flags.DEFINE_integer("batch_size", d["batch_size"],
+  define_integer("batch_size", d["batch_size"],
                        "Examples per step and per replica (train), or per batch (eval, "
                        "inference).")
-  flags.DEFINE_integer("num_readers", d["num_readers"], "Files read in parallel.")
-  flags.DEFINE_string("label_loss", "CrossEntropyLoss",
+  define_integer("num_readers", d["num_readers"], "Files read in parallel.")
+  define_string("label_loss", "CrossEntropyLoss",
                       "Loss class in losses.py: CrossEntropyLoss, HingeLoss or SoftmaxLoss.")
-  flags.DEFINE_float("alpha", 0.5, "CrossEntropyLoss weight of the positive labels.")
-  flags.DEFINE_integer("check_point", -1,
+  define_float("alpha", 0.5, "CrossEntropyLoss weight of the positive labels.")
+  define_integer("check_point", -1,
                        "eval/inference: step of the checkpoint to use; < 0 means the latest.")
-  flags.DEFINE_integer("top_k", 20, "eval: predictions per video kept for GAP; inference: "
+  define_integer("top_k", 20, "eval: predictions per video kept for GAP; inference: "
                        "label/score pairs written per video.")
   # train.py.
-  flags.DEFINE_string("train_data_pattern", "", "Glob of the training TFRecords.")
-  flags.DEFINE_bool("start_new_model", False,
+  define_string("train_data_pattern", "", "Glob of the training TFRecords.")
+  define_bool("start_new_model", False,
                     "Delete the checkpoints in train_dir and start from scratch.")
-  flags.DEFINE_float("regularization_penalty", 1.0, "Multiplier on the regularization loss.")
-  flags.DEFINE_float("base_learning_rate", 0.001, "Initial learning rate.")
-  flags.DEFINE_float("learning_rate_decay", 0.9, "Staircase decay factor.")
-  flags.DEFINE_float("learning_rate_decay_examples", 4000000,
+  define_float("regularization_penalty", 1.0, "Multiplier on the regularization loss.")
+  define_float("base_learning_rate", 0.001, "Initial learning rate.")
+  define_float("learning_rate_decay", 0.9, "Staircase decay factor.")
+  define_float("learning_rate_decay_examples", 4000000,
                      "Examples (global) between two learning-rate decays.")
-  flags.DEFINE_integer("num_epochs", 15, "Passes over the training data, then stop.")
-  flags.DEFINE_integer("max_steps", None, "Stop once the global step reaches this value.")
-  flags.DEFINE_integer("export_model_steps", 10000, "Steps between SavedModel exports.")
-  flags.DEFINE_string("optimizer", "AdamOptimizer",
+  define_integer("num_epochs", 15, "Passes over the training data, then stop.")
+  define_integer("max_steps", None, "Stop once the global step reaches this value.")
+  define_integer("export_model_steps", 10000, "Steps between SavedModel exports.")
+  define_string("optimizer", "AdamOptimizer",
                       "Optimizer: a TF1 name (AdamOptimizer, GradientDescentOptimizer, ...) or "
                       "a Keras one (Adam, SGD, ...).")
-  flags.DEFINE_float("clip_gradient_norm", 1.0,
+  define_float("clip_gradient_norm", 1.0,
                      "Clip each gradient tensor to this L2 norm (0 disables).")
-  flags.DEFINE_bool("log_device_placement", False, "Log the device of every op.")
-  flags.DEFINE_integer("bn_calibration_batches", 100,
+  define_bool("log_device_placement", False, "Log the device of every op.")
+  define_integer("bn_calibration_batches", 100,
                        "Training batches over which batch-norm population statistics are "
                        "re-estimated before each checkpoint (0 keeps the moving averages).")
-  flags.DEFINE_integer("save_checkpoint_secs", 900, "Seconds between checkpoints.")
-  flags.DEFINE_integer("save_checkpoint_steps", 0, "Steps between checkpoints (0: by time).")
-  flags.DEFINE_integer("keep_checkpoints", 5, "Checkpoints kept in train_dir (0 keeps all).")
-  flags.DEFINE_integer("log_steps", 10, "Steps between progress lines.")
-  flags.DEFINE_integer("seed", None, "Random seed (initialization, sampling, shuffling).")
-  flags.DEFINE_string("distribution_strategy", "auto",
+  define_integer("save_checkpoint_secs", 900, "Seconds between checkpoints.")
+  define_integer("save_checkpoint_steps", 0, "Steps between checkpoints (0: by time).")
+  define_integer("keep_checkpoints", 5, "Checkpoints kept in train_dir (0 keeps all).")
+  define_integer("log_steps", 10, "Steps between progress lines.")
+  define_integer("seed", None, "Random seed (initialization, sampling, shuffling).")
+  define_string("distribution_strategy", "auto",
                       "auto, default, mirrored or multi_worker.")
-  flags.DEFINE_string("init_from_checkpoint", "",
+  define_string("init_from_checkpoint", "",
                       "Start from the weights of this train_dir (ours or the original's TF1).")
   # eval.py.
-  flags.DEFINE_string("eval_data_pattern", "", "Glob of the evaluation TFRecords.")
-  flags.DEFINE_bool("run_once", False, "eval: evaluate one checkpoint and exit.")
-  flags.DEFINE_integer("eval_interval_secs", 60, "eval: seconds between checks for a new "
+  define_string("eval_data_pattern", "", "Glob of the evaluation TFRecords.")
+  define_bool("run_once", False, "eval: evaluate one checkpoint and exit.")
+  define_integer("eval_interval_secs", 60, "eval: seconds between checks for a new "
                        "checkpoint.")
   # inference.py.
-  flags.DEFINE_string("input_data_pattern", "", "Glob of the TFRecords to predict.")
-  flags.DEFINE_string("output_file", "", "CSV to write.")
-  flags.DEFINE_integer("task_index", None, "inference: this process's part of the input.")
-  flags.DEFINE_integer("num_tasks", None, "inference: number of parts the input is split in.")
-  flags.DEFINE_bool("skip_corrupt_records", False,
+  define_string("input_data_pattern", "", "Glob of the TFRecords to predict.")
+  define_string("output_file", "", "CSV to write.")
+  define_integer("task_index", None, "inference: this process's part of the input.")
+  define_integer("num_tasks", None, "inference: number of parts the input is split in.")
+  define_bool("skip_corrupt_records", False,
                     "inference: skip unreadable records (and count them) instead of failing.")
 
 
@@ -204,17 +214,19 @@ def run(main):
   app.run(guarded_main, flags_parser=parse_flags)
 
 
-def model_config_from_flags() -> models.ModelConfig:
-  names, sizes = utils.parse_feature_list(FLAGS.feature_names, FLAGS.feature_sizes)
-  values = {f: FLAGS[f].value for f in models.CONFIG_FIELDS
+def model_config_from_flags(fv=None) -> models.ModelConfig:
+  fv = FLAGS if fv is None else fv
+  names, sizes = utils.parse_feature_list(fv.feature_names, fv.feature_sizes)
+  values = {f: fv[f].value for f in models.CONFIG_FIELDS
             if f not in ("feature_names", "feature_sizes")}
   config = models.ModelConfig(feature_names=names, feature_sizes=sizes, **values)
   models.get_model_class(config.model)  # an unknown model is an error before any work
   return config
 
 
-def explicit_model_flags() -> List[str]:
-  return [f for f in models.CONFIG_FIELDS if FLAGS[f].present]
+def explicit_model_flags(fv=None) -> List[str]:
+  fv = FLAGS if fv is None else fv
+  return [f for f in models.CONFIG_FIELDS if fv[f].present]
 
 
 def saved_config_path(train_dir: str) -> str:

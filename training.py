@@ -411,7 +411,7 @@ class Trainer:
       for s, handler in previous_handlers.items():
         signal.signal(s, handler)
     self.save(reason)
-    if reason != "stopped by signal":
+    if reason != "stopped by signal" and o.export_model_steps > 0:
       self.export()
     self.writer.flush()
     if not self.chief:

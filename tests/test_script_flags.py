@@ -1,0 +1,73 @@
+"""The command-line contract: prefixes, flags of other scripts, defaults, saved configuration."""
+import pytest
+from absl import flags
+
+import configurations
+import models
+import script_flags
+
+
+def test_prefix_expansion_accepts_unique_prefixes_only():
+  known = ["max_steps", "model", "moe_l2", "moe_prob_gating", "run_once"]
+  out = script_flags.expand_flag_prefixes(
+      ["prog", "--max_step=7", "--moe_l2=1e-6", "--mo=1", "--run_once", "--nomoe_prob_gating",
+       "positional"], known)
+  assert out == ["prog", "--max_steps=7", "--moe_l2=1e-6", "--mo=1", "--run_once",
+                 "--nomoe_prob_gating", "positional"]
+
+
+def parse(script, args):
+  values = flags.FlagValues()
+  script_flags.define_flags(script, values)
+  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
+  return values
+
+
+def test_defaults_are_the_originals():
+  train = parse("train", [])
+  assert train.batch_size == 1024 and train.num_readers == 8
+  assert train.base_learning_rate == 0.001 and train.learning_rate_decay == 0.9
+  assert train.learning_rate_decay_examples == 4000000 and train.num_epochs == 15
+  assert train.max_steps is None and train.optimizer == "AdamOptimizer"
+  assert train.clip_gradient_norm == 1.0 and train.regularization_penalty == 1.0
+  assert train.model == "LogisticModel" and train.feature_names == "mean_rgb"
+  assert train.feature_sizes == "1024" and not train.frame_features
+  assert train.netvlad_cluster_size == 64 and train.dbof_cluster_size == 16384
+  assert train.moe_l2 == 1e-8 and train.moe_num_mixtures == 2 and train.iterations == 30
+  assert train.train_dir.endswith("yt8m_model")
+  inference = parse("inference", [])
+  assert inference.batch_size == 8192 and inference.num_readers == 4 and inference.top_k == 20
+  assert parse("eval", []).num_readers == 4
+
+
+@pytest.mark.parametrize("willow", configurations.WILLOW_CONFIGS, ids=lambda c: c.key)
+def test_readme_command_lines_parse_with_their_meaning(willow):
+  train = parse("train", willow.train_args)
+  assert train.max_steps == int(configurations.flag_value(willow.train_args, "max_step"))
+  assert train.frame_features and train.feature_names == "rgb,audio"
+  inference = parse("inference", willow.inference_args)  # run_once etc. are accepted
+  assert inference.top_k == 50 and inference.output_file == willow.inference_output
+
+
+def test_unknown_flag_is_an_error():
+  with pytest.raises(flags.UnrecognizedFlagError):
+    parse("train", ["--no_such_flag=1"])
+
+
+def test_model_config_from_flags_and_reconcile(caplog):
+  values = parse("train", configurations.CONFIGS_BY_KEY["netvlad"].train_args)
+  config = script_flags.model_config_from_flags(values)
+  assert config.model == "NetVLADModelLF" and config.netvlad_cluster_size == 256
+  assert config.feature_sizes == (1024, 128) and config.moe_prob_gating
+  requested = config.replace(moe_prob_gating=False, netvlad_cluster_size=8)
+  kept = script_flags.reconcile_config(config, requested, ["moe_prob_gating"], "dir")
+  assert kept == config
+  assert "moe_prob_gating" in caplog.text and "netvlad_cluster_size" not in caplog.text
+
+
+def test_saved_config_round_trip(tmp_path):
+  config = models.ModelConfig(model="GruModel", feature_names=("rgb", "audio"),
+                              feature_sizes=(1024, 128), gru_cells=12)
+  script_flags.save_config(str(tmp_path), config)
+  assert script_flags.load_saved_config(str(tmp_path)) == config
+  assert script_flags.load_saved_config(str(tmp_path / "missing")) is None
