@@ -1,0 +1,550 @@
+"""YouTube-8M record readers and the tf.data input pipeline (SPEC.md 1 and 3.1).
+
+Two readers keep the original class and argument names:
+
+* YT8MFrameFeatureReader: frame-level tf.train.SequenceExample records (one uint8-quantized
+  bytes entry per frame and feature) -> a dequantized, zero-padded [B, max_frames, D] matrix.
+* YT8MAggregatedFeatureReader: video-level tf.train.Example records (fixed-length float
+  features such as mean_rgb / mean_audio) -> a [B, D] matrix.
+
+Both decode a whole batch of serialized records with one vectorized parse
+(`prepare_serialized_examples`), so they run inside tf.function and tf.data maps, and both
+return the same dict:
+
+  video_ids     [B] tf.string
+  video_matrix  [B, max_frames, D] (frame level) or [B, D] (video level) float32
+  labels        [B, num_classes] float32 multi-hot (duplicates collapse; no labels -> zeros)
+  num_frames    [B] int32 (video level: ones)
+
+Bad data fails with a message that names the file the record came from (the pipeline carries
+each record's file name alongside it, see get_input_dataset) and the problem; scripts turn
+the TensorFlow error into a one-line utils.InputError with describe_data_error.
+"""
+import ast
+import re
+from typing import List, Optional, Sequence, Tuple, Union
+
+import tensorflow as tf
+
+import utils
+
+# The 2017 dataset names the context id `video_id`, later versions `id`.
+ID_KEYS = ("id", "video_id")
+LABELS_KEY = "labels"
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument validation.
+
+
+def _names_and_sizes(feature_names, feature_sizes) -> Tuple[List[str], List[int]]:
+  """Accepts lists (original API) or comma-separated strings (flag values)."""
+  if isinstance(feature_names, str) or isinstance(feature_sizes, str):
+    return utils.parse_feature_list(
+        feature_names if isinstance(feature_names, str) else ",".join(feature_names),
+        feature_sizes if isinstance(feature_sizes, str)
+        else ",".join(str(s) for s in feature_sizes))
+  names, sizes = list(feature_names), list(feature_sizes)
+  if not names:
+    raise utils.InputError("feature_names is empty")
+  if len(names) != len(sizes):
+    raise utils.InputError(
+        "feature_names has %d entries (%s) but feature_sizes has %d (%s); they must match"
+        % (len(names), ",".join(map(str, names)), len(sizes), ",".join(map(str, sizes))))
+  try:
+    sizes = [int(s) for s in sizes]
+  except (TypeError, ValueError):
+    raise utils.InputError("feature_sizes must be integers, got %r" % (feature_sizes,))
+  if any(s <= 0 for s in sizes):
+    raise utils.InputError("feature_sizes must be positive, got %r" % (sizes,))
+  if len(set(names)) != len(names):
+    raise utils.InputError("feature_names has duplicates: %s" % ",".join(names))
+  return names, sizes
+
+
+def _positive_int(value, what: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise utils.InputError("%s must be a positive integer, got %r" % (what, value))
+  return value
+
+
+# ----------------------------------------------------------------------------------------------
+# In-graph checks. Each check fails with "<file>: video <id>: <problem>" for the first bad
+# record of the batch; the message is built only when a check fails.
+
+
+def _record_names(serialized, source):
+  """[B] strings naming where each record came from, used in every error message."""
+  batch_size = tf.shape(serialized)[0]
+  if source is None:
+    return tf.strings.join(
+        ["batch record ", tf.strings.as_string(tf.range(batch_size))])
+  source = tf.convert_to_tensor(source, dtype=tf.string)
+  if source.shape.rank == 0:
+    return tf.fill([batch_size], source)
+  return source
+
+
+def _assert_records(ok, names, video_ids, describe_problem):
+  """Asserts ok ([B] bool); on failure names the first bad record's file and video.
+
+  Args:
+    ok: [B] bool, True for good records.
+    names: [B] record names (file names).
+    video_ids: [B] video ids.
+    describe_problem: function(first_bad_index) -> scalar string tensor.
+
+  Returns:
+    The assert op (use it as a control dependency).
+  """
+  all_ok = tf.reduce_all(ok)
+
+  def message():
+    first = tf.argmax(tf.cast(tf.logical_not(ok), tf.int32), output_type=tf.int32)
+    video = tf.where(tf.strings.length(video_ids[first]) > 0, video_ids[first], "(no id)")
+    return tf.strings.join([names[first], ": video ", video, ": ", describe_problem(first)])
+
+  text = tf.cond(all_ok, lambda: tf.constant(""), message)
+  return tf.debugging.Assert(all_ok, [text])
+
+
+def _pick_video_ids(context):
+  """Per record, the non-empty one of `id` / `video_id` (both parse as '' when absent)."""
+  new_ids, old_ids = context[ID_KEYS[0]], context[ID_KEYS[1]]
+  return tf.where(tf.strings.length(new_ids) > 0, new_ids, old_ids)
+
+
+def _context_spec(extra=None):
+  spec = {key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in ID_KEYS}
+  spec[LABELS_KEY] = tf.io.RaggedFeature(tf.int64)
+  spec.update(extra or {})
+  return spec
+
+
+def _labels_to_multi_hot(labels, num_classes, names, video_ids):
+  """Ragged [B, (L)] int64 class indices -> ([B, num_classes] float32 multi-hot, check op)."""
+  values = labels.flat_values
+  bad_values = tf.logical_or(values < 0, values >= num_classes)
+  record_ok = tf.logical_not(tf.reduce_any(labels.with_flat_values(bad_values), axis=1))
+
+  def describe(first):
+    row = labels[first]
+    bad_label = tf.boolean_mask(row, tf.logical_or(row < 0, row >= num_classes))[0]
+    return tf.strings.join(["label ", tf.strings.as_string(bad_label),
+                            " is outside [0, %d) (check --num_classes)" % num_classes])
+
+  check = _assert_records(record_ok, names, video_ids, describe)
+  with tf.control_dependencies([check]):
+    # scatter_nd sums duplicates; the minimum collapses them to 1.
+    indices = tf.stack([tf.cast(labels.value_rowids(), tf.int64), values], axis=1)
+    shape = tf.stack([tf.cast(labels.nrows(), tf.int64), tf.constant(num_classes, tf.int64)])
+    counts = tf.scatter_nd(indices, tf.ones_like(values, dtype=tf.float32), shape)
+    return tf.minimum(counts, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers.
+
+
+class BaseReader:
+  """Interface: turn a [B] batch of serialized records into the dict described above."""
+
+  def prepare_serialized_examples(self, serialized, source=None):
+    raise NotImplementedError()
+
+
+class YT8MFrameFeatureReader(BaseReader):
+  """Reads frame-level tf.train.SequenceExample records (SPEC.md 1.1).
+
+  Each feature list (e.g. `rgb` 1024 bytes per frame, `audio` 128) is decoded independently,
+  dequantized, truncated to the first max_frames frames or padded at the end with exact zeros,
+  and the features are concatenated along the last axis in the order of feature_names.
+
+  num_frames is min(frame count, max_frames). When the features of one record have different
+  frame counts, the smallest count is used and every frame from it on is zero in all features
+  (the original used the first feature's count; its equality check never ran).
+  """
+
+  def __init__(self, num_classes=4716, feature_sizes=[1024], feature_names=["rgb"],
+               max_frames=300):
+    """Args:
+      num_classes: vocabulary size V; labels must lie in [0, V).
+      feature_sizes: bytes per frame of each feature (list, or comma-separated string).
+      feature_names: feature list names, same length and order as feature_sizes.
+      max_frames: frames kept per video (the original's constructor default, not a flag).
+
+    Raises:
+      utils.InputError: inconsistent names/sizes or non-positive numbers.
+    """
+    self.feature_names, self.feature_sizes = _names_and_sizes(feature_names, feature_sizes)
+    self.num_classes = _positive_int(num_classes, "num_classes")
+    self.max_frames = _positive_int(max_frames, "max_frames")
+
+  def prepare_serialized_examples(self, serialized, source=None):
+    """Decodes a batch of serialized SequenceExamples.
+
+    Args:
+      serialized: [B] tf.string serialized records.
+      source: optional [B] (or scalar) tf.string naming each record's file, used in error
+        messages; without it records are named by their position in the batch.
+
+    Returns:
+      {"video_ids": [B] string, "video_matrix": [B, max_frames, sum(sizes)] float32,
+       "labels": [B, num_classes] float32, "num_frames": [B] int32}
+    """
+    serialized = tf.convert_to_tensor(serialized, dtype=tf.string)
+    names = _record_names(serialized, source)
+    # FixedLenSequenceFeature (not RaggedFeature) so that a record lacking a feature list fails
+    # in the parser with "Name: <file>, Feature list 'rgb' is required", while a present but
+    # empty list is a legitimate 0-frame video. Frames beyond each record's length are "".
+    context, frame_lists, frame_counts = tf.io.parse_sequence_example(
+        serialized,
+        context_features=_context_spec(),
+        sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string)
+                           for name in self.feature_names},
+        example_names=names)
+    video_ids = _pick_video_ids(context)
+
+    checks, quantized, counts = [], [], []
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      frames = frame_lists[name]
+      count = tf.cast(frame_counts[name], tf.int32)
+      checks.append(self._check_frame_sizes(frames, count, name, size, names, video_ids))
+      quantized.append(self._decode_frames(frames, size))
+      counts.append(count)
+    num_frames = tf.minimum(tf.reduce_min(tf.stack(counts), axis=0), self.max_frames)
+
+    labels = _labels_to_multi_hot(context[LABELS_KEY], self.num_classes, names, video_ids)
+    with tf.control_dependencies(checks):
+      video_matrix = self._dequantize_valid_frames(tf.concat(quantized, axis=2), num_frames)
+    return {
+        "video_ids": video_ids,
+        "video_matrix": video_matrix,
+        "labels": labels,
+        "num_frames": num_frames,
+    }
+
+  def _decode_frames(self, frames, size):
+    """[B, T] frame bytes -> [B, max_frames, size] uint8 (kept in uint8: 4x less memory)."""
+    frames = frames[:, :self.max_frames]
+    # fixed_length turns the "" past each record's end into zero rows, so the whole padded
+    # batch decodes in one op; wrong-length frames are caught by _check_frame_sizes.
+    quantized = tf.io.decode_raw(frames, tf.uint8, fixed_length=size)
+    missing = self.max_frames - tf.shape(quantized)[1]
+    quantized = tf.pad(quantized, [[0, 0], [0, missing], [0, 0]])
+    return tf.ensure_shape(quantized, [None, self.max_frames, size])
+
+  def _dequantize_valid_frames(self, quantized, num_frames):
+    """Dequantizes, then zeroes every frame at or after num_frames (padding is exactly 0)."""
+    values = utils.Dequantize(tf.cast(quantized, tf.float32))
+    valid = tf.sequence_mask(num_frames, self.max_frames)[:, :, tf.newaxis]
+    return tf.where(valid, values, tf.zeros([], tf.float32))
+
+  @staticmethod
+  def _check_frame_sizes(frames, count, name, size, names, video_ids):
+    """Every real frame of `name` must hold exactly `size` bytes."""
+    byte_lengths = tf.strings.length(frames)
+    real = tf.sequence_mask(count, tf.shape(frames)[1])
+    wrong = tf.logical_and(real, tf.not_equal(byte_lengths, size))
+    record_ok = tf.logical_not(tf.reduce_any(wrong, axis=1))
+
+    def describe(first):
+      frame = tf.argmax(tf.cast(wrong[first], tf.int32), output_type=tf.int32)
+      return tf.strings.join([
+          "frame ", tf.strings.as_string(frame), " of feature ", name, " has ",
+          tf.strings.as_string(byte_lengths[first, frame]),
+          " bytes, expected %d (check --feature_sizes)" % size])
+
+    return _assert_records(record_ok, names, video_ids, describe)
+
+
+class YT8MAggregatedFeatureReader(BaseReader):
+  """Reads video-level tf.train.Example records (SPEC.md 1.2).
+
+  Each feature (e.g. `mean_rgb` 1024 floats, `mean_audio` 128) must hold exactly its size in
+  floats; the features are concatenated in the order of feature_names into [B, D].
+  """
+
+  def __init__(self, num_classes=4716, feature_sizes=[1024], feature_names=["mean_rgb"]):
+    """Args:
+      num_classes: vocabulary size V; labels must lie in [0, V).
+      feature_sizes: floats per record of each feature (list, or comma-separated string).
+      feature_names: feature names, same length and order as feature_sizes.
+
+    Raises:
+      utils.InputError: inconsistent names/sizes or non-positive numbers.
+    """
+    self.feature_names, self.feature_sizes = _names_and_sizes(feature_names, feature_sizes)
+    self.num_classes = _positive_int(num_classes, "num_classes")
+
+  def prepare_serialized_examples(self, serialized, source=None):
+    """Decodes a batch of serialized Examples.
+
+    Args:
+      serialized: [B] tf.string serialized records.
+      source: optional [B] (or scalar) tf.string naming each record's file.
+
+    Returns:
+      {"video_ids": [B] string, "video_matrix": [B, sum(sizes)] float32,
+       "labels": [B, num_classes] float32, "num_frames": [B] int32 ones}
+    """
+    serialized = tf.convert_to_tensor(serialized, dtype=tf.string)
+    names = _record_names(serialized, source)
+    # An Example's wire format is a SequenceExample's context, and parse_sequence_example names
+    # the record in its "cannot parse" error where parse_example does not. Ragged features so
+    # that a missing or wrong-length feature reaches our own, clearer check.
+    features = {name: tf.io.RaggedFeature(tf.float32) for name in self.feature_names}
+    context, _, _ = tf.io.parse_sequence_example(
+        serialized, context_features=_context_spec(features), example_names=names)
+    video_ids = _pick_video_ids(context)
+
+    checks, columns = [], []
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      values = context[name]
+      checks.append(self._check_feature_size(values, name, size, names, video_ids))
+      columns.append(values)
+    labels = _labels_to_multi_hot(context[LABELS_KEY], self.num_classes, names, video_ids)
+    with tf.control_dependencies(checks):
+      video_matrix = tf.concat(
+          [tf.reshape(values.flat_values, [-1, size])
+           for values, size in zip(columns, self.feature_sizes)], axis=1)
+    video_matrix = tf.ensure_shape(video_matrix, [None, sum(self.feature_sizes)])
+    return {
+        "video_ids": video_ids,
+        "video_matrix": video_matrix,
+        "labels": labels,
+        "num_frames": tf.ones(tf.shape(video_ids), dtype=tf.int32),
+    }
+
+  @staticmethod
+  def _check_feature_size(values, name, size, names, video_ids):
+    lengths = tf.cast(values.row_lengths(), tf.int32)
+    record_ok = tf.equal(lengths, size)
+
+    def describe(first):
+      found = lengths[first]
+      return tf.cond(
+          found > 0,
+          lambda: tf.strings.join(["feature ", name, " has ", tf.strings.as_string(found),
+                                   " values, expected %d (check --feature_sizes)" % size]),
+          lambda: tf.constant("the record lacks feature %s (check --feature_names; "
+                              "frame-level records need --frame_features)" % name))
+
+    return _assert_records(record_ok, names, video_ids, describe)
+
+
+def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes=4716,
+               max_frames=300) -> BaseReader:
+  """The reader for the --frame_features / --feature_names / --feature_sizes flags."""
+  if frame_features:
+    return YT8MFrameFeatureReader(num_classes=num_classes, feature_sizes=feature_sizes,
+                                  feature_names=feature_names, max_frames=max_frames)
+  return YT8MAggregatedFeatureReader(num_classes=num_classes, feature_sizes=feature_sizes,
+                                     feature_names=feature_names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files and the tf.data pipeline.
+
+
+def match_files(data_pattern: str) -> List[str]:
+  """Sorted, de-duplicated record files matching a (comma-separated) glob pattern.
+
+  Works for local paths and any tf.io.gfile filesystem (gs://, ...). Directories matched by a
+  pattern are skipped.
+
+  Raises:
+    utils.InputError: an empty pattern, or a pattern part that matches no file (including one
+      that matches only directories).
+  """
+  parts = [p.strip() for p in str(data_pattern or "").split(",") if p.strip()]
+  if not parts:
+    raise utils.InputError("the data pattern is empty")
+  files = set()
+  for part in parts:
+    try:
+      matches = tf.io.gfile.glob(part)
+      regular = [m for m in matches if not tf.io.gfile.isdir(m)]
+    except tf.errors.OpError as e:
+      raise utils.InputError("cannot list %s: %s" % (part, _first_line(e)))
+    if not regular:
+      if matches:
+        raise utils.InputError(
+            "%s matches only directories (%s); give a pattern of record files, e.g. %s"
+            % (part, ", ".join(sorted(matches)[:3]), _join(sorted(matches)[0], "*.tfrecord")))
+      raise utils.InputError("no files match %s" % part)
+    files.update(regular)
+  return sorted(files)
+
+
+def _join(directory, name):
+  return directory.rstrip("/") + "/" + name
+
+
+def _default_shuffle_buffer(batch_size: int) -> int:
+  # The original's queue held 5 batches; at least 1000 records (~350 MB of 300-frame videos)
+  # so small batches still mix records from many files.
+  return max(5 * batch_size, 1000)
+
+
+def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, num_readers=8,
+                      shuffle=False, num_epochs=None, seed=None, num_shards=1, shard_index=0,
+                      drop_remainder=False, shuffle_buffer_size=None) -> tf.data.Dataset:
+  """The tf.data pipeline of train, eval and inference: files -> records -> decoded batches.
+
+  Without shuffling the order is deterministic: file order (sorted names), then record order
+  within each file, so eval / inference outputs follow the input files. With shuffling
+  (training) the file order is reshuffled every epoch, num_readers files are read interleaved
+  and records pass through a shuffle buffer. Each record travels with its file name so that
+  decoding errors name the file.
+
+  Sharding across workers: by file (worker i reads files i, i + num_shards, ...) when there
+  are at least num_shards files, otherwise by record (worker i keeps records i, i + num_shards,
+  ... of the fixed, unshuffled file order). Either way every record goes to exactly one worker.
+
+  Args:
+    reader: a YT8MFrameFeatureReader or YT8MAggregatedFeatureReader.
+    data_pattern: glob pattern, or several separated by commas.
+    batch_size: records per batch.
+    num_readers: files read in parallel (interleave cycle length).
+    shuffle: shuffle files and records (training).
+    num_epochs: None = repeat forever, N = N passes over the data.
+    seed: seed of the file and record shuffles (None: different every run).
+    num_shards, shard_index: this worker's share of the data.
+    drop_remainder: drop the last partial batch (each epoch boundary is not a batch boundary:
+      batches span epochs).
+    shuffle_buffer_size: records in the shuffle buffer (default max(5 * batch_size, 1000)).
+
+  Returns:
+    A dataset of reader output dicts (see the module docstring).
+
+  Raises:
+    utils.InputError: bad arguments or no matching files.
+  """
+  batch_size = _positive_int(batch_size, "batch_size")
+  num_readers = _positive_int(num_readers, "num_readers")
+  num_shards = _positive_int(num_shards, "num_shards")
+  if not 0 <= shard_index < num_shards:
+    raise utils.InputError("shard_index must be in [0, %d), got %r" % (num_shards, shard_index))
+  if num_epochs is not None:
+    num_epochs = _positive_int(num_epochs, "num_epochs")
+  files = match_files(data_pattern)
+
+  shard_by_file = len(files) >= num_shards
+  if shard_by_file:
+    files = files[shard_index::num_shards]
+  # Reproducible order whenever asked for (eval, inference, or a seeded training run).
+  deterministic = (not shuffle) or seed is not None
+
+  file_names = tf.data.Dataset.from_tensor_slices(files)
+  if shuffle and shard_by_file:
+    file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  records = file_names.interleave(
+      _records_with_source,
+      cycle_length=min(num_readers, len(files)),
+      # Shuffled: one record per file in turn. Otherwise each file is read to its end before
+      # the next one is emitted (file order, then record order) while later files prefetch.
+      block_length=1 if (shuffle and shard_by_file) else _WHOLE_FILE,
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=deterministic or not shard_by_file)
+  if not shard_by_file:
+    records = records.shard(num_shards, shard_index)
+  if shuffle:
+    records = records.shuffle(shuffle_buffer_size or _default_shuffle_buffer(batch_size),
+                              seed=seed, reshuffle_each_iteration=True)
+  records = records.repeat(num_epochs)
+  batches = records.batch(batch_size, drop_remainder=drop_remainder)
+  decoded = batches.map(
+      lambda serialized, source: reader.prepare_serialized_examples(serialized, source=source),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=deterministic)
+  return decoded.prefetch(tf.data.AUTOTUNE)
+
+
+# Larger than any record file, so an interleave block is a whole file.
+_WHOLE_FILE = 1 << 40
+
+
+def _records_with_source(file_name):
+  """(serialized record, file name) pairs of one TFRecord file."""
+  return tf.data.TFRecordDataset(file_name).map(lambda record: (record, file_name))
+
+
+# ----------------------------------------------------------------------------------------------
+# Turning TensorFlow errors into one-line messages.
+
+# tf.debugging.Assert failures: graph mode prints "assertion failed: [<text>]", eager mode
+# "Summarized data: b'<text>'".
+_ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?:\s*\n|\s*\[\[|\s*$)", re.S)
+_EAGER_ASSERTION = re.compile(r"Summarized data: (b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")")
+_MISSING_FEATURE_LIST = re.compile(
+    r"Name: (?P<name>.*?), Feature list '(?P<feature>[^']*)' is required but could not be found")
+_UNPARSABLE = re.compile(r"Invalid protocol message input, example id: (?P<name>[^\n]*?)"
+                         r"(?:\s*\[\[|\s*\[Op:|\n|$)")
+_NAMED = re.compile(r"Name: (?P<name>.*?), (?P<problem>[^\n]*?)(?:\s*\[\[|\s*\[Op:|\n|$)")
+_BAD_RECORD_FILE = re.compile(r"(?P<problem>(?:truncated|corrupted) record at \d+)")
+_CLUTTER = [
+    re.compile(r"\{\{function_node [^}]*\}\}\s*"),
+    re.compile(r"\[\[\{\{[^\]]*\]\]"),
+    re.compile(r"\[Op:[^\]]*\]( name: \S*)?"),
+    re.compile(r"Error in user-defined function passed to \S+ transformation with iterator: "
+               r"\S+: "),
+    re.compile(r"Graph execution error:\s*Detected at node .*? defined at "
+               r"\(most recent call last\):.*?\n\n", re.S),
+]
+
+
+def _unescape(text: str) -> str:
+  """Undoes the C escaping tf.debugging.Assert applies to string data."""
+  return re.sub(r"\\(['\"\\])", r"\1", text).replace("\\n", " ")
+
+
+def _first_line(exc) -> str:
+  text = getattr(exc, "message", None) or str(exc)
+  for pattern in _CLUTTER:
+    text = pattern.sub("", text)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[0] if lines else type(exc).__name__
+
+
+def describe_data_error(exc: Exception, data_pattern: Optional[str] = None) -> utils.InputError:
+  """One-line InputError for an error raised while reading or decoding records.
+
+  Keeps the file name and the problem, drops TensorFlow's op names and graph stack. Errors
+  that carry no file name (a truncated TFRecord file) mention data_pattern instead.
+
+  Args:
+    exc: the tf.errors.OpError (or any exception) raised while iterating a dataset.
+    data_pattern: the pattern being read, for errors that cannot name a file.
+
+  Returns:
+    utils.InputError; scripts print it as `error: <message>`.
+  """
+  text = getattr(exc, "message", None) or str(exc)
+  match = _ASSERTION.search(text)
+  if match:
+    return utils.InputError(_unescape(match.group(1)))
+  match = _EAGER_ASSERTION.search(text)
+  if match:
+    return utils.InputError(
+        ast.literal_eval(match.group(1)).decode("utf-8", "replace").replace("\n", " "))
+  match = _MISSING_FEATURE_LIST.search(text)
+  if match:
+    return utils.InputError(
+        "%s: a record has no frame-level feature list %s (check --feature_names; video-level "
+        "records need --frame_features=False)" % (match.group("name"), match.group("feature")))
+  match = _UNPARSABLE.search(text)
+  if match:
+    return utils.InputError("%s: a record is not a tf.train.SequenceExample / tf.train.Example "
+                            "(cannot parse it)" % match.group("name"))
+  match = _NAMED.search(text)
+  if match:
+    return utils.InputError("%s: %s" % (match.group("name"), match.group("problem").strip()))
+  where = ("a file matching %s" % data_pattern) if data_pattern else "a record file"
+  match = _BAD_RECORD_FILE.search(text)
+  if match:
+    return utils.InputError("%s is not a valid TFRecord file (%s)" % (where, match.group("problem")))
+  message = _first_line(exc)
+  if data_pattern:
+    message = "%s (reading %s)" % (message, data_pattern)
+  return utils.InputError(message)
