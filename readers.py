@@ -69,8 +69,10 @@ def _positive_int(value, what: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# In-graph checks. Each check fails with "<file>: video <id>: <problem>" for the first bad
-# record of the batch; the message is built only when a check fails.
+# In-graph checks. A failing check reports "<file>: video <id>: <problem>" for the first bad
+# record of the batch. The message is built with plain indexing rather than tf.cond (whose
+# branch graphs would triple the trace time of the reader): every lookup goes through a
+# sentinel appended to its tensor, so it is valid even when nothing is wrong or B == 0.
 
 
 def _record_names(serialized, source):
@@ -85,26 +87,34 @@ def _record_names(serialized, source):
   return source
 
 
-def _assert_records(ok, names, video_ids, describe_problem):
-  """Asserts ok ([B] bool); on failure names the first bad record's file and video.
+def _first_true(mask):
+  """Position of the first True of a 1-D bool tensor, or its length when there is none."""
+  padded = tf.concat([mask, [True]], axis=0)
+  positions = tf.range(tf.size(padded, out_type=tf.int32), dtype=tf.int32)
+  return tf.reduce_min(tf.boolean_mask(positions, padded))
+
+
+def _at(values, index, sentinel):
+  """values[index] for a 1-D tensor, or `sentinel` when index == len(values)."""
+  return tf.concat([values, [sentinel]], axis=0)[index]
+
+
+def _assert_records(all_ok, record, names, video_ids, problem):
+  """Asserts all_ok; the message names record `record` (int32 index into the batch).
 
   Args:
-    ok: [B] bool, True for good records.
+    all_ok: scalar bool.
+    record: index of the first bad record (may be B when all_ok).
     names: [B] record names (file names).
     video_ids: [B] video ids.
-    describe_problem: function(first_bad_index) -> scalar string tensor.
+    problem: scalar string describing what is wrong with that record.
 
   Returns:
     The assert op (use it as a control dependency).
   """
-  all_ok = tf.reduce_all(ok)
-
-  def message():
-    first = tf.argmax(tf.cast(tf.logical_not(ok), tf.int32), output_type=tf.int32)
-    video = tf.where(tf.strings.length(video_ids[first]) > 0, video_ids[first], "(no id)")
-    return tf.strings.join([names[first], ": video ", video, ": ", describe_problem(first)])
-
-  text = tf.cond(all_ok, lambda: tf.constant(""), message)
+  video = _at(video_ids, record, "")
+  video = tf.where(tf.strings.length(video) > 0, video, "(no id)")
+  text = tf.strings.join([_at(names, record, ""), ": video ", video, ": ", problem])
   return tf.debugging.Assert(all_ok, [text])
 
 
@@ -122,18 +132,16 @@ def _context_spec(extra=None):
 
 
 def _labels_to_multi_hot(labels, num_classes, names, video_ids):
-  """Ragged [B, (L)] int64 class indices -> ([B, num_classes] float32 multi-hot, check op)."""
+  """Ragged [B, (L)] int64 class indices -> [B, num_classes] float32 multi-hot, checked."""
   values = labels.flat_values
-  bad_values = tf.logical_or(values < 0, values >= num_classes)
-  record_ok = tf.logical_not(tf.reduce_any(labels.with_flat_values(bad_values), axis=1))
-
-  def describe(first):
-    row = labels[first]
-    bad_label = tf.boolean_mask(row, tf.logical_or(row < 0, row >= num_classes))[0]
-    return tf.strings.join(["label ", tf.strings.as_string(bad_label),
-                            " is outside [0, %d) (check --num_classes)" % num_classes])
-
-  check = _assert_records(record_ok, names, video_ids, describe)
+  out_of_range = tf.logical_or(values < 0, values >= num_classes)
+  first = _first_true(out_of_range)
+  record = _at(tf.cast(labels.value_rowids(), tf.int32), first, tf.cast(labels.nrows(), tf.int32))
+  problem = tf.strings.join([
+      "label ", tf.strings.as_string(_at(values, first, 0)),
+      " is outside [0, %d) (check --num_classes)" % num_classes])
+  check = _assert_records(tf.logical_not(tf.reduce_any(out_of_range)), record, names, video_ids,
+                          problem)
   with tf.control_dependencies([check]):
     # scatter_nd sums duplicates; the minimum collapses them to 1.
     indices = tf.stack([tf.cast(labels.value_rowids(), tf.int64), values], axis=1)
@@ -244,18 +252,17 @@ class YT8MFrameFeatureReader(BaseReader):
   def _check_frame_sizes(frames, count, name, size, names, video_ids):
     """Every real frame of `name` must hold exactly `size` bytes."""
     byte_lengths = tf.strings.length(frames)
-    real = tf.sequence_mask(count, tf.shape(frames)[1])
-    wrong = tf.logical_and(real, tf.not_equal(byte_lengths, size))
-    record_ok = tf.logical_not(tf.reduce_any(wrong, axis=1))
-
-    def describe(first):
-      frame = tf.argmax(tf.cast(wrong[first], tf.int32), output_type=tf.int32)
-      return tf.strings.join([
-          "frame ", tf.strings.as_string(frame), " of feature ", name, " has ",
-          tf.strings.as_string(byte_lengths[first, frame]),
-          " bytes, expected %d (check --feature_sizes)" % size])
-
-    return _assert_records(record_ok, names, video_ids, describe)
+    num_columns = tf.shape(frames)[1]
+    real = tf.sequence_mask(count, num_columns)
+    wrong = tf.reshape(tf.logical_and(real, tf.not_equal(byte_lengths, size)), [-1])
+    first = _first_true(wrong)   # row-major: the first bad frame of the first bad record
+    record = first // tf.maximum(num_columns, 1)
+    problem = tf.strings.join([
+        "frame ", tf.strings.as_string(first - record * num_columns), " of feature ", name,
+        " has ", tf.strings.as_string(_at(tf.reshape(byte_lengths, [-1]), first, 0)),
+        " bytes, expected %d (check --feature_sizes)" % size])
+    return _assert_records(tf.logical_not(tf.reduce_any(wrong)), record, names, video_ids,
+                           problem)
 
 
 class YT8MAggregatedFeatureReader(BaseReader):
@@ -318,19 +325,19 @@ class YT8MAggregatedFeatureReader(BaseReader):
 
   @staticmethod
   def _check_feature_size(values, name, size, names, video_ids):
+    """Every record must hold exactly `size` floats of feature `name`."""
     lengths = tf.cast(values.row_lengths(), tf.int32)
-    record_ok = tf.equal(lengths, size)
-
-    def describe(first):
-      found = lengths[first]
-      return tf.cond(
-          found > 0,
-          lambda: tf.strings.join(["feature ", name, " has ", tf.strings.as_string(found),
-                                   " values, expected %d (check --feature_sizes)" % size]),
-          lambda: tf.constant("the record lacks feature %s (check --feature_names; "
-                              "frame-level records need --frame_features)" % name))
-
-    return _assert_records(record_ok, names, video_ids, describe)
+    wrong = tf.not_equal(lengths, size)
+    record = _first_true(wrong)
+    found = _at(lengths, record, 0)
+    problem = tf.where(
+        found > 0,
+        tf.strings.join(["feature ", name, " has ", tf.strings.as_string(found),
+                         " values, expected %d (check --feature_sizes)" % size]),
+        "the record lacks feature %s (check --feature_names; frame-level records need "
+        "--frame_features)" % name)
+    return _assert_records(tf.logical_not(tf.reduce_any(wrong)), record, names, video_ids,
+                           problem)
 
 
 def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes=4716,
