@@ -264,12 +264,14 @@ def _feature_list_rows(frames: np.ndarray) -> np.ndarray:
 
 def _dequantized_means(frames: np.ndarray, frame_counts: np.ndarray) -> np.ndarray:
   """Per-video means of the dequantized frames: [num_videos, 1152] float32."""
-  starts = np.concatenate([[0], np.cumsum(frame_counts)[:-1]]).astype(np.int64)
-  sums = np.add.reduceat(frames, starts, axis=0, dtype=np.float64)
-  mean_levels = sums / np.maximum(frame_counts, 1)[:, None]
-  means = mean_levels * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
-  means[frame_counts == 0] = 0.0
-  return means.astype(np.float32)
+  means = np.zeros((len(frame_counts), frames.shape[1]), np.float32)
+  has_frames = frame_counts > 0   # reduceat cannot express an empty segment
+  if np.any(has_frames):
+    starts = (np.cumsum(frame_counts) - frame_counts)[has_frames]
+    sums = np.add.reduceat(frames, starts, axis=0, dtype=np.float64)
+    mean_levels = sums / frame_counts[has_frames][:, None]
+    means[has_frames] = mean_levels * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
+  return means
 
 
 # ----------------------------------------------------------------------------------------------
