@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_name="CrossEntropyLoss",
              alpha=0.5, step=0, writer=None):
   """Runs the model over every record of data_pattern; returns EvaluationMetrics.get()."""
-  reader = readers.reader_for_config(config)
+  reader = config.reader()
   dataset = readers.get_input_dataset(reader, data_pattern, batch_size,
                                       num_readers=num_readers, shuffle=False, num_epochs=1)
   loss_fn = losses.get_loss(loss_name, alpha)

@@ -27,7 +27,7 @@ class ServingModule(tf.Module):
   def __init__(self, model, config, top_k: int = 20):
     super().__init__()
     self.model = model
-    self.reader = readers.reader_for_config(config)
+    self.reader = config.reader()
     self.top_k = min(top_k, config.num_classes)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="example_bytes")])

@@ -73,7 +73,7 @@ def part_file_name(output_file: str, task_index: int, num_tasks: int) -> str:
 def run_inference(model, config, data_pattern, output_file, batch_size, top_k, num_readers,
                   task_index=0, num_tasks=1, skip_corrupt_records=False):
   """Predicts every record matched by data_pattern and writes output_file atomically."""
-  reader = readers.reader_for_config(config)
+  reader = config.reader()
   dataset = readers.get_input_dataset(
       reader, data_pattern, batch_size, num_readers=num_readers, shuffle=False, num_epochs=1,
       num_shards=num_tasks, shard_index=task_index, **(

@@ -77,6 +77,12 @@ class ModelConfig:
   def input_size(self) -> int:
     return sum(self.feature_sizes)
 
+  def reader(self):
+    """The TFRecord reader of the features this model was configured for."""
+    import readers  # the models themselves do not need the input side
+    return readers.get_reader(self.frame_features, list(self.feature_names),
+                              list(self.feature_sizes), self.num_classes)
+
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 

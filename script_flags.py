@@ -203,11 +203,12 @@ def parse_flags(argv):
 
 
 def run(main):
-  """app.run with prefix matching; an InputError ends the script with one line, exit 1."""
+  """app.run with prefix matching; a user-facing error (bad input, a diverged loss) ends the
+  script with one line and exit status 1."""
   def guarded_main(argv):
     try:
       return main(argv)
-    except utils.InputError as e:
+    except (utils.InputError, FloatingPointError) as e:
       logging.flush()
       sys.stderr.write("error: %s\n" % e)
       sys.exit(1)

@@ -224,7 +224,7 @@ class Trainer:
     self.chief = is_chief(strategy)
     self.replicas = strategy.num_replicas_in_sync
     self.global_batch = options.batch_size * self.replicas
-    self.reader = readers.reader_for_config(config)
+    self.reader = config.reader()
     self.loss = losses.get_loss(options.label_loss, options.alpha)
     self.stop_requested = False
     # Non-chief workers must take part in saving; they write to a scratch directory.

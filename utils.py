@@ -1,5 +1,8 @@
 """Small helpers shared by the readers, the models and the scripts."""
+import contextlib
 import numbers
+import os
+import tempfile
 from typing import List, Mapping, Tuple, Union
 
 import tensorflow as tf
@@ -206,3 +209,33 @@ def write_scalars(writer: tf.summary.SummaryWriter, step: int,
       tf.summary.write(name, tf.cast(value, tf.float32), step=step, metadata=metadata)
   if flush:
     writer.flush()
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs that appear whole or not at all.
+
+@contextlib.contextmanager
+def atomic_output(path: str, mode: str = "w"):
+  """Yields a file object writing to a temporary sibling of path, renamed to path only when
+  the block completes; on any error the temporary file is removed and path is untouched."""
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise InputError("cannot write %s: directory %s does not exist" % (path, directory))
+  try:
+    fd, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                                     suffix=".tmp", dir=directory)
+  except OSError as e:
+    raise InputError("cannot write %s: %s" % (path, e.strerror or e))
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
+
+
+def atomic_write_text(path: str, text: str):
+  with atomic_output(path) as f:
+    f.write(text)

@@ -1,0 +1,141 @@
+"""Training loop pieces: schedule, optimizers, the step's arithmetic, precise BN, resume."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import eval as eval_script
+import inference
+import make_synthetic_data
+import models
+import training
+from tests.test_models import TINY, TINY_MODELS
+
+NUM_CLASSES = 7
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """Small learnable train/validate/test partitions (rgb 1024 + audio 128, short videos)."""
+  directory = str(tmp_path_factory.mktemp("data"))
+  for seed, (partition, count, labels) in enumerate(
+      [("train", 96, True), ("validate", 48, True), ("test", 40, False)]):
+    make_synthetic_data.generate_partition(
+        directory, partition, num_videos=count, num_shards=2, num_classes=NUM_CLASSES,
+        seed=seed, with_labels=labels, min_frames=5, max_frames_gen=40)
+  return directory
+
+
+def tiny_config(name, **overrides):
+  values = dict(TINY, num_classes=NUM_CLASSES, feature_sizes=(1024, 128))
+  values.update(TINY_MODELS[name])
+  values.update(overrides)
+  return models.ModelConfig(**values)
+
+
+def options(train_dir, data_dir, **overrides):
+  values = dict(train_dir=train_dir, data_pattern=os.path.join(data_dir, "*a*??.tfrecord"),
+                batch_size=8, num_readers=2, max_steps=3, base_learning_rate=0.01,
+                bn_calibration_batches=2, export_model_steps=0, log_steps=1, seed=1)
+  values.update(overrides)
+  return training.TrainOptions(**values)
+
+
+def test_learning_rate_staircase_counts_examples():
+  schedule = training.ExampleStaircaseDecay(0.0002, 0.8, 4000000, 80)
+  # Batch 80: a decay every 50,000 steps.
+  assert float(schedule(49999)) == pytest.approx(0.0002)
+  assert float(schedule(50000)) == pytest.approx(0.0002 * 0.8)
+  assert float(schedule(700000)) == pytest.approx(0.0002 * 0.8 ** 14, rel=1e-5)
+
+
+def test_optimizer_names_map_to_tf1_defaults():
+  adam = training.make_optimizer("AdamOptimizer", 0.1)
+  assert adam.epsilon == 1e-8 and adam.beta_1 == 0.9 and adam.beta_2 == 0.999
+  assert type(training.make_optimizer("GradientDescentOptimizer", 0.1)).__name__ == "SGD"
+  assert type(training.make_optimizer("Adam", 0.1)).__name__ == "Adam"
+  with pytest.raises(ValueError, match="unknown --optimizer 'Nope'"):
+    training.make_optimizer("Nope", 0.1)
+
+
+def test_step_clips_each_gradient_tensor_and_adds_l2(tmp_path, data_dir):
+  """One SGD step of a video-level MoE on a fixed batch equals the hand-made update:
+  w <- w - lr * clip(d(total)/dw, 0.45) per tensor, total = penalty * l2 + label loss."""
+  config = models.ModelConfig(model="MoeModel", feature_names=("f",), feature_sizes=(6,),
+                              num_classes=NUM_CLASSES, moe_l2=0.05)
+  trainer = training.Trainer(config, options(str(tmp_path), data_dir, batch_size=4,
+                                             optimizer="GradientDescentOptimizer",
+                                             base_learning_rate=0.5,
+                                             regularization_penalty=2.0,
+                                             clip_gradient_norm=0.45),
+                             tf.distribute.get_strategy())
+  model = trainer.model
+  rng = np.random.RandomState(0)
+  batch = dict(video_matrix=tf.constant(rng.rand(4, 6).astype(np.float32) * 5),
+               num_frames=tf.ones([4], tf.int32),
+               labels=tf.constant((rng.rand(4, NUM_CLASSES) > 0.6).astype(np.float32)))
+  before = [v.numpy().astype(np.float64) for v in model.trainable_variables]
+  with tf.GradientTape() as tape:
+    p = model(batch["video_matrix"], batch["num_frames"], training=True)["predictions"]
+    y = batch["labels"]
+    label_loss = tf.reduce_mean(tf.reduce_sum(
+        -2 * (0.5 * y * tf.math.log(p + 1e-5) + 0.5 * (1 - y) * tf.math.log(1 - p + 1e-5)), 1))
+    l2 = 0.05 * 0.5 * (tf.reduce_sum(model.classifier.gate_weights[0] ** 2)
+                       + tf.reduce_sum(model.classifier.expert_weights ** 2))
+    total = 2.0 * l2 + label_loss
+  gradients = tape.gradient(total, model.trainable_variables)
+  norms = [np.linalg.norm(g.numpy()) for g in gradients]
+  assert min(norms) < 0.45 < max(norms)  # some tensors are clipped, some are not
+  expected = [w - 0.5 * g.numpy() * min(1.0, 0.45 / n)
+              for w, g, n in zip(before, gradients, norms)]
+  outputs = trainer.train_step(batch)
+  assert float(outputs["total_loss"]) == pytest.approx(float(total), rel=1e-5)
+  for variable, want in zip(model.trainable_variables, expected):
+    np.testing.assert_allclose(variable.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_precise_batch_norm_is_the_population_statistic():
+  bn_model = models.build_model(models.ModelConfig(
+      model="NetVLADModelLF", feature_names=("f",), feature_sizes=(3,), frame_features=True,
+      num_classes=4, iterations=2, sample_random_frames=False, netvlad_cluster_size=2,
+      netvlad_hidden_size=2))
+  rng = np.random.RandomState(0)
+  frames = [rng.rand(4, 2, 3).astype(np.float32) * (i + 1) for i in range(3)]
+  batches = tf.data.Dataset.from_tensor_slices(dict(
+      video_matrix=np.stack(frames), num_frames=np.full((3, 4), 2, np.int32)))
+  used = training.calibrate_batch_norm(bn_model, batches, 10)
+  assert used == 3
+  # A full-length contiguous clip is every frame: the input batch norm sees all of them.
+  x = np.concatenate([f.reshape(-1, 3) for f in frames])
+  x = x / np.linalg.norm(x, axis=1, keepdims=True)
+  np.testing.assert_allclose(bn_model.input_norm.moving_mean.numpy(), x.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(bn_model.input_norm.moving_variance.numpy(), x.var(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_every_model_trains_resumes_evaluates_and_infers(tmp_path, data_dir, name):
+  video_level = not TINY_MODELS[name].get("frame_features", True)
+  if video_level:
+    pytest.skip("video-level models are covered by test_video_level_pipeline")
+  config = tiny_config(name)
+  train_dir = str(tmp_path / "train")
+  training.Trainer(config, options(train_dir, data_dir), tf.distribute.get_strategy()).run()
+  assert os.path.exists(os.path.join(train_dir, "model.ckpt-3.index"))
+  resumed = training.Trainer(config, options(train_dir, data_dir, max_steps=5),
+                             tf.distribute.get_strategy())
+  resumed.restore_or_initialize()
+  assert resumed.step == 3
+  resumed.run()
+  assert resumed.step == 5
+  model, config, path = inference.checkpoint_utils.load_trained_model(train_dir, -1, config, [])
+  assert path.endswith("model.ckpt-5")
+  results = eval_script.evaluate(model, config, os.path.join(data_dir, "validate*.tfrecord"), 16, 2,
+                                 top_k=5)
+  assert results["num_examples"] == 48 and 0 <= results["gap"] <= 1
+  output = str(tmp_path / "out.csv")
+  assert inference.run_inference(model, config, os.path.join(data_dir, "test*.tfrecord"), output, 16,
+                                 3, 2) == 40
+  lines = open(output).read().splitlines()
+  assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == 41
+  assert len(lines[1].split(",")[1].split()) == 6
