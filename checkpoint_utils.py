@@ -66,14 +66,22 @@ def restore_weights(model: models.BaseModel, path: str):
   status.expect_partial().assert_existing_objects_matched()
 
 
+_PRECISIONS = {"float64": tf.float64, "float32": tf.float32}
+
+
 def load_trained_model(train_dir: str, check_point: int, requested: models.ModelConfig,
-                       explicit: Sequence[str]):
-  """Returns (model, config, checkpoint path) for eval/inference; errors name train_dir."""
+                       explicit: Sequence[str], precision: str = "float64"):
+  """Returns (model, config, checkpoint path) for eval/inference; errors name train_dir.
+
+  The model computes in `precision` (see --inference_precision)."""
+  if precision not in _PRECISIONS:
+    raise InputError("--inference_precision must be float64 or float32, got %r" % precision)
   path = find_checkpoint(train_dir, check_point)
   if path is None:
     raise InputError("train_dir %s holds no checkpoint" % train_dir)
   config, _ = resolve_model_config(train_dir, requested, explicit)
   model = models.build_model(config)
+  model.compute_dtype = _PRECISIONS[precision]
   try:
     restore_weights(model, path)
   except (tf.errors.OpError, AssertionError, ValueError) as e:

@@ -91,7 +91,7 @@ def main(unused_argv):
       time.sleep(FLAGS.eval_interval_secs)
       continue
     model, config, path = checkpoint_utils.load_trained_model(
-        FLAGS.train_dir, FLAGS.check_point, requested, explicit)
+        FLAGS.train_dir, FLAGS.check_point, requested, explicit, FLAGS.inference_precision)
     evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
              FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, checkpoint_utils.checkpoint_step(path),
              writer)

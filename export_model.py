@@ -56,7 +56,7 @@ def main(unused_argv):
   logging.set_verbosity(logging.INFO)
   model, config, path = checkpoint_utils.load_trained_model(
       FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),
-      script_flags.explicit_model_flags())
+      script_flags.explicit_model_flags(), FLAGS.inference_precision)
   export_dir = FLAGS.export_dir or os.path.join(
       FLAGS.train_dir, "export", "step_%d" % checkpoint_utils.checkpoint_step(path))
   export_saved_model(model, config, export_dir, FLAGS.top_k)

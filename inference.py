@@ -127,7 +127,7 @@ def main(unused_argv):
   readers.match_files(FLAGS.input_data_pattern)
   model, config, _ = checkpoint_utils.load_trained_model(
       FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),
-      script_flags.explicit_model_flags())
+      script_flags.explicit_model_flags(), FLAGS.inference_precision)
   if FLAGS.top_k > config.num_classes:
     raise utils.InputError("--top_k=%d exceeds the model's %d classes" % (FLAGS.top_k,
                                                                        config.num_classes))

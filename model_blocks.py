@@ -36,6 +36,12 @@ def glorot_uniform(shape, name=None):
   return tf.Variable(tf.random.uniform(shape, -limit, limit), name=name)
 
 
+def like(variable, x):
+  """The variable in x's dtype: weights are stored in float32 and used in the compute dtype
+  of the input (float64 for batch-independent inference, bfloat16 for mixed precision)."""
+  return tf.cast(variable, x.dtype)
+
+
 def constant(shape, value, name=None, trainable=True, **kwargs):
   return tf.Variable(tf.fill(shape, float(value)), name=name, trainable=trainable, **kwargs)
 
@@ -81,15 +87,20 @@ class BatchNorm(tf.Module):
 
   def __call__(self, x, training: bool):
     if not training:
-      mean, variance = self.moving_mean, self.moving_variance
+      mean, variance = like(self.moving_mean, x), like(self.moving_variance, x)
     else:
       mean, variance = tf.nn.moments(x, axes=[0])
       if _BatchStatRecorder.active is not None:
         _BatchStatRecorder.active.append((self, mean, variance))
       else:
-        self.moving_mean.assign_sub((self.moving_mean - mean) * (1.0 - BN_MOMENTUM))
-        self.moving_variance.assign_sub((self.moving_variance - variance) * (1.0 - BN_MOMENTUM))
-    return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, BN_EPSILON)
+        self._update_moving(self.moving_mean, mean)
+        self._update_moving(self.moving_variance, variance)
+    return tf.nn.batch_normalization(x, mean, variance, like(self.beta, x), like(self.gamma, x),
+                                     BN_EPSILON)
+
+  @staticmethod
+  def _update_moving(moving, batch_value):
+    moving.assign_sub((moving - tf.cast(batch_value, moving.dtype)) * (1.0 - BN_MOMENTUM))
 
 
 class Bias(tf.Module):
@@ -102,7 +113,7 @@ class Bias(tf.Module):
 
   def __call__(self, x, training: bool = False):
     del training
-    return x + self.bias
+    return x + like(self.bias, x)
 
 
 def batch_norm_or_bias(channels: int, add_batch_norm: bool, bias_stddev: float, name: str):
@@ -134,7 +145,7 @@ class ClusterAssignment(tf.Module):
   def __call__(self, frames, training: bool):
     """frames [B, n, F] -> assignments [B, n, K]."""
     batch, num, feat = tf.unstack(tf.shape(frames))
-    logits = tf.matmul(tf.reshape(frames, [batch * num, feat]), self.cluster_weights)
+    logits = tf.matmul(tf.reshape(frames, [batch * num, feat]), like(self.cluster_weights, frames))
     logits = self.norm(logits, training)
     if self.softmax:
       logits = tf.nn.softmax(logits)
@@ -179,9 +190,9 @@ class NetVLAD(tf.Module):
     vlad = weighted_frame_sum(frames, assignments)  # [B, F, K]
     if self.variant == "vlad":
       mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
-      vlad -= mass * self.centres
+      vlad -= mass * like(self.centres, vlad)
     elif self.variant == "vlagd":
-      vlad *= tf.transpose(tf.sigmoid(self.gate_weights), [0, 2, 1])
+      vlad *= tf.transpose(tf.sigmoid(like(self.gate_weights, vlad)), [0, 2, 1])
     return flatten_normalized(vlad, intra_normalize=True)
 
 
@@ -209,10 +220,10 @@ class NetFV(tf.Module):
   def __call__(self, frames, training: bool):
     assignments = self.assignment(frames, training)
     if self.couple_weights:
-      centres = self.coupling_factor * self.assignment.cluster_weights[None]
+      centres = self.coupling_factor * like(self.assignment.cluster_weights, frames)[None]
     else:
-      centres = self.centres
-    sigma = tf.square(self.covar_weights) + 1e-6  # acts as a standard deviation
+      centres = like(self.centres, frames)
+    sigma = tf.square(like(self.covar_weights, frames)) + 1e-6  # acts as a standard deviation
     mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
     first = weighted_frame_sum(frames, assignments)  # [B, F, K]
     second = weighted_frame_sum(tf.square(frames), assignments)
@@ -261,7 +272,7 @@ class GatedDBoF(tf.Module):
     assignments = self.assignment(frames, training)
     summed = tf.reduce_sum(assignments, axis=1)
     maxed = l2n(tf.reduce_max(assignments, axis=1))
-    gates = tf.sigmoid(self.gate_norm(maxed @ self.dim_red @ self.gate_weights, training))
+    gates = tf.sigmoid(self.gate_norm(maxed @ like(self.dim_red, maxed) @ like(self.gate_weights, maxed), training))
     return l2n(gates * summed)
 
 
@@ -315,7 +326,7 @@ class HiddenLayer(tf.Module):
                                      name="hidden1_bn")
 
   def __call__(self, x, training: bool):
-    h = self.norm(tf.matmul(x, self.weights), training)
+    h = self.norm(tf.matmul(x, like(self.weights, x)), training)
     return tf.nn.relu6(h) if self.relu else h
 
 
@@ -335,9 +346,10 @@ class ContextGate(tf.Module):
   def __call__(self, x, training: bool, gate_input=None):
     """Gates x by a function of gate_input (default x itself)."""
     source = x if gate_input is None else gate_input
-    z = tf.matmul(source, self.weights)
+    weights = like(self.weights, source)
+    z = tf.matmul(source, weights)
     if self.remove_diag:
-      z -= tf.linalg.diag_part(self.weights) * source
+      z -= tf.linalg.diag_part(weights) * source
     return x * tf.sigmoid(self.norm(z, training))
 
 
@@ -380,8 +392,8 @@ class MoeHead(tf.Module):
   def __call__(self, x, training: bool):
     gate_logits = x
     for weights in self.gate_weights:
-      gate_logits = tf.matmul(gate_logits, weights)
-    expert_logits = tf.matmul(x, self.expert_weights) + self.expert_biases
+      gate_logits = tf.matmul(gate_logits, like(weights, x))
+    expert_logits = tf.matmul(x, like(self.expert_weights, x)) + like(self.expert_biases, x)
     gates = tf.nn.softmax(tf.reshape(gate_logits, [-1, self.num_mixtures + 1]))
     experts = tf.sigmoid(tf.reshape(expert_logits, [-1, self.num_mixtures]))
     probabilities = tf.reduce_sum(gates[:, :self.num_mixtures] * experts, axis=1)
@@ -410,7 +422,8 @@ class LogisticHead(tf.Module):
 
   def __call__(self, x, training: bool):
     del training
-    return {"predictions": tf.sigmoid(tf.matmul(x, self.weights) + self.biases)}
+    logits = tf.matmul(x, like(self.weights, x)) + like(self.biases, x)
+    return {"predictions": tf.sigmoid(logits)}
 
   def regularization_loss(self):
     return self.l2_penalty * tf.nn.l2_loss(self.weights)
@@ -434,16 +447,18 @@ class LSTMLayer(tf.Module):
       self.kernel = glorot_uniform([input_size + units, 4 * units], name="kernel")
       self.bias = constant([4 * units], 0.0, name="bias")
 
-  def initial_state(self, batch):
-    zeros = tf.zeros([batch, self.units])
+  def initial_state(self, batch, dtype):
+    zeros = tf.zeros([batch, self.units], dtype)
     return (zeros, zeros)
 
   def project_inputs(self, inputs):
-    return tf.einsum("btd,dg->btg", inputs, self.kernel[:self.input_size]) + self.bias
+    kernel = like(self.kernel, inputs)
+    return tf.einsum("btd,dg->btg", inputs, kernel[:self.input_size]) + like(self.bias, inputs)
 
   def step(self, projected, state):
     c, h = state
-    i, j, f, o = tf.split(projected + tf.matmul(h, self.kernel[self.input_size:]), 4, axis=1)
+    recurrent = tf.matmul(h, like(self.kernel, h)[self.input_size:])
+    i, j, f, o = tf.split(projected + recurrent, 4, axis=1)
     c = c * tf.sigmoid(f + 1.0) + tf.sigmoid(i) * tf.tanh(j)
     h = tf.tanh(c) * tf.sigmoid(o)
     return h, (c, h)
@@ -464,20 +479,23 @@ class GRULayer(tf.Module):
                                              name="candidate_kernel")
       self.candidate_bias = constant([units], 0.0, name="candidate_bias")
 
-  def initial_state(self, batch):
-    return tf.zeros([batch, self.units])
+  def initial_state(self, batch, dtype):
+    return tf.zeros([batch, self.units], dtype)
 
   def project_inputs(self, inputs):
     d = self.input_size
-    gates = tf.einsum("btd,dg->btg", inputs, self.gate_kernel[:d]) + self.gate_bias
-    candidate = tf.einsum("btd,dg->btg", inputs, self.candidate_kernel[:d]) + self.candidate_bias
+    gate_kernel, candidate_kernel = like(self.gate_kernel, inputs), like(self.candidate_kernel,
+                                                                          inputs)
+    gates = tf.einsum("btd,dg->btg", inputs, gate_kernel[:d]) + like(self.gate_bias, inputs)
+    candidate = (tf.einsum("btd,dg->btg", inputs, candidate_kernel[:d])
+                 + like(self.candidate_bias, inputs))
     return tf.concat([gates, candidate], axis=2)
 
   def step(self, projected, h):
     d, u = self.input_size, self.units
     gate_in, candidate_in = projected[:, :2 * u], projected[:, 2 * u:]
-    r, z = tf.split(tf.sigmoid(gate_in + tf.matmul(h, self.gate_kernel[d:])), 2, axis=1)
-    c = tf.tanh(candidate_in + tf.matmul(r * h, self.candidate_kernel[d:]))
+    r, z = tf.split(tf.sigmoid(gate_in + tf.matmul(h, like(self.gate_kernel, h)[d:])), 2, axis=1)
+    c = tf.tanh(candidate_in + tf.matmul(r * h, like(self.candidate_kernel, h)[d:]))
     h = z * h + (1 - z) * c
     return h, h
 
@@ -492,8 +510,8 @@ def run_stacked_rnn(layers, inputs, sequence_length):
   final_states = []
   for layer in layers:
     projected = tf.transpose(layer.project_inputs(outputs), [1, 0, 2])  # time-major
-    state = layer.initial_state(batch)
-    emitted = tf.TensorArray(tf.float32, size=time)
+    state = layer.initial_state(batch, inputs.dtype)
+    emitted = tf.TensorArray(inputs.dtype, size=time)
 
     def body(t, state, emitted, layer=layer, projected=projected):
       output, new_state = layer.step(projected[t], state)

@@ -139,8 +139,14 @@ class BaseModel(tf.Module):
     super().__init__(name=type(self).__name__)
     self.config = config
 
+  # float32 trains; inference runs in float64 so that each video's scores do not change
+  # with batch size or batch composition even in the last printed digit (float32 matmul
+  # kernels sum in an order that depends on the batch shape).
+  compute_dtype = tf.float32
+
   def __call__(self, raw_input, num_frames, training: bool = False):
-    return self.forward(model_blocks.l2n(raw_input), num_frames, training)
+    model_input = model_blocks.l2n(tf.cast(raw_input, self.compute_dtype))
+    return self.forward(model_input, num_frames, training)
 
   def forward(self, model_input, num_frames, training: bool):
     raise NotImplementedError

@@ -131,6 +131,10 @@ def define_flags(script: str, fv=None):
   define_float("alpha", 0.5, "CrossEntropyLoss weight of the positive labels.")
   define_integer("check_point", -1,
                        "eval/inference: step of the checkpoint to use; < 0 means the latest.")
+  define_string("inference_precision", "float64",
+                "eval/inference/export compute precision: float64 (scores independent of batch "
+                "size and composition to the last printed digit) or float32 (about twice as "
+                "fast; a score may then differ by 1e-6 between batch sizes).")
   define_integer("top_k", 20, "eval: predictions per video kept for GAP; inference: "
                        "label/score pairs written per video.")
   # train.py.

@@ -113,11 +113,14 @@ def test_precise_batch_norm_is_the_population_statistic():
   np.testing.assert_allclose(bn_model.input_norm.moving_variance.numpy(), x.var(0), rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+# Three representative models in the quick group, the rest with the slow tests.
+QUICK_PIPELINE = ("NetVLAD", "GatedDbof", "LSTM")
+FRAME_LEVEL = [n for n in sorted(TINY_MODELS) if TINY_MODELS[n].get("frame_features", True)]
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in QUICK_PIPELINE else pytest.mark.slow) for n in FRAME_LEVEL])
 def test_every_model_trains_resumes_evaluates_and_infers(tmp_path, data_dir, name):
-  video_level = not TINY_MODELS[name].get("frame_features", True)
-  if video_level:
-    pytest.skip("video-level models are covered by test_video_level_pipeline")
   config = tiny_config(name)
   train_dir = str(tmp_path / "train")
   training.Trainer(config, options(train_dir, data_dir), tf.distribute.get_strategy()).run()

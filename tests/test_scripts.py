@@ -1,0 +1,220 @@
+"""The scripts as a user runs them: command lines, logs, outputs, errors, determinism."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoint_utils
+import configurations
+import eval as eval_script
+import export_model
+import inference
+import make_synthetic_data
+import models
+import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 12
+
+
+def run_script(script, args, cwd=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args),
+                        capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("features"))
+  for seed, (partition, count, labels) in enumerate(
+      [("train", 400, True), ("validate", 120, True), ("test", 70, False)]):
+    make_synthetic_data.generate_partition(
+        directory, partition, num_videos=count, num_shards=2, num_classes=NUM_CLASSES,
+        seed=seed, with_labels=labels, min_frames=20, max_frames_gen=80,
+        video_level=True)
+  return directory
+
+
+SMALL_NETVLAD = ["--model=NetVLADModelLF", "--frame_features=True",
+                 "--feature_names=rgb,audio", "--feature_sizes=1024,128",
+                 "--netvlad_cluster_size=8", "--netvlad_hidden_size=32", "--iterations=20",
+                 "--netvlad_relu=False", "--gating=True", "--moe_prob_gating=True",
+                 "--num_classes=%d" % NUM_CLASSES]
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, data_dir):
+  """A small gated NetVLAD trained by train.py on the generated data (module-wide)."""
+  train_dir = str(tmp_path_factory.mktemp("netvlad"))
+  result = run_script("train.py", SMALL_NETVLAD + [
+      "--train_data_pattern=%s/*a*??.tfrecord" % data_dir, "--train_dir=" + train_dir,
+      "--batch_size=16", "--base_learning_rate=0.003", "--max_step=150", "--log_steps=50",
+      "--bn_calibration_batches=10", "--export_model_steps=0", "--seed=3"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  return train_dir, result.stderr
+
+
+def test_train_logs_parameters_progress_and_saves_its_configuration(trained_dir):
+  train_dir, log = trained_dir
+  model = models.build_model(models.ModelConfig(
+      model="NetVLADModelLF", feature_names=("rgb", "audio"), feature_sizes=(1024, 128),
+      frame_features=True, netvlad_cluster_size=8, netvlad_hidden_size=32, iterations=20,
+      netvlad_relu=False, gating=True, moe_prob_gating=True, num_classes=NUM_CLASSES))
+  assert "model NetVLADModelLF: {:,} trainable parameters".format(
+      model.num_trainable_parameters) in log
+  assert "step 100 | loss" in log and "examples/s | ETA" in log and "GAP" in log
+  assert os.path.exists(os.path.join(train_dir, "model.ckpt-150.index"))
+  saved = models.ModelConfig.from_json(open(os.path.join(train_dir, "model_config.json")).read())
+  assert saved.netvlad_cluster_size == 8 and saved.moe_prob_gating
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(train_dir))
+
+
+def test_training_beats_an_untrained_model_on_held_out_data(trained_dir, data_dir):
+  train_dir, _ = trained_dir
+  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  pattern = os.path.join(data_dir, "validate*.tfrecord")
+  trained = eval_script.evaluate(model, config, pattern, 64, 2, top_k=20)["gap"]
+  untrained = eval_script.evaluate(models.build_model(config), config, pattern, 64, 2,
+                                   top_k=20)["gap"]
+  assert trained > 0.5 and trained > untrained + 0.3, (trained, untrained)
+
+
+def test_eval_cli_warns_once_about_flags_that_differ_from_the_saved_model(trained_dir,
+                                                                          data_dir):
+  train_dir, _ = trained_dir
+  result = run_script("eval.py", [
+      "--train_dir=" + train_dir, "--eval_data_pattern=%s/validate*.tfrecord" % data_dir,
+      "--run_once=True", "--batch_size=64", "--model=NetVLADModelLF",
+      "--moe_prob_gating=False", "--netvlad_cluster_size=8"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  warnings = [l for l in result.stderr.splitlines() if "ignoring --" in l]
+  assert len(warnings) == 1 and "--moe_prob_gating=False" in warnings[0]
+  assert "netvlad_cluster_size" not in warnings[0]  # equal to the saved value
+  assert "GAP: 0." in result.stderr and "MAP:" in result.stderr
+
+
+def read_csv(path):
+  with open(path) as f:
+    return f.read().splitlines()
+
+
+def test_inference_is_independent_of_batch_size(trained_dir, data_dir, tmp_path):
+  train_dir, _ = trained_dir
+  outputs = []
+  for batch_size in (1, 64):
+    output = str(tmp_path / ("b%d.csv" % batch_size))
+    result = run_script("inference.py", [
+        "--train_dir=" + train_dir, "--output_file=" + output, "--top_k=5",
+        "--input_data_pattern=%s/test*.tfrecord" % data_dir, "--batch_size=%d" % batch_size])
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs.append(read_csv(output))
+  assert outputs[0] == outputs[1]
+  assert outputs[0][0] == "VideoId,LabelConfidencePairs" and len(outputs[0]) == 71
+  video_id, pairs = outputs[0][1].split(",")
+  tokens = pairs.split(" ")
+  scores = [float(s) for s in tokens[1::2]]
+  assert len(tokens) == 10 and scores == sorted(scores, reverse=True)
+  assert all(len(s.split(".")[1]) == 6 for s in tokens[1::2])
+
+
+def test_inference_in_two_parts_merges_to_the_single_process_output(trained_dir, data_dir,
+                                                                    tmp_path):
+  train_dir, _ = trained_dir
+  output = str(tmp_path / "parts.csv")
+  common = ["--train_dir=" + train_dir, "--output_file=" + output, "--top_k=3",
+            "--input_data_pattern=%s/test*.tfrecord" % data_dir, "--batch_size=32"]
+  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  whole = str(tmp_path / "whole.csv")
+  inference.run_inference(model, config, "%s/test*.tfrecord" % data_dir, whole, 32, 3, 2)
+  for index in range(2):
+    result = run_script("inference.py", common + ["--num_tasks=2", "--task_index=%d" % index])
+    assert result.returncode == 0, result.stderr[-2000:]
+  result = run_script("inference.py", ["--output_file=" + output, "--merge_parts=True"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(read_csv(output)) == sorted(read_csv(whole))
+
+
+def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
+  train_dir, _ = trained_dir
+  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  export_dir = export_model.export_saved_model(model, config, str(tmp_path / "export"), top_k=4)
+  served = tf.saved_model.load(export_dir).signatures["serving_default"]
+  files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "test*.tfrecord")))
+  records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(10)]
+  out = served(example_bytes=tf.constant(records))
+  csv = str(tmp_path / "out.csv")
+  inference.run_inference(model, config, os.path.join(data_dir, "test*.tfrecord"), csv, 10, 4, 1)
+  for line, video_id, classes, scores in zip(read_csv(csv)[1:], out["video_id"].numpy(),
+                                             out["class_indexes"].numpy(),
+                                             out["predictions"].numpy()):
+    expected = inference.format_rows([video_id], classes[None], scores[None]).strip()
+    assert line == expected
+
+
+@pytest.mark.parametrize("model", ["MoeModel", "LogisticModel"])
+def test_video_level_models_train_now(model, data_dir, tmp_path):
+  """The original could not train any video-level model (SPEC.md 4.6)."""
+  train_dir = str(tmp_path / model)
+  result = run_script("train.py", [
+      "--train_data_pattern=%s/video_level/train*.tfrecord" % data_dir,
+      "--train_dir=" + train_dir, "--model=" + model, "--feature_names=mean_rgb,mean_audio",
+      "--feature_sizes=1024,128", "--num_classes=%d" % NUM_CLASSES, "--batch_size=32",
+      "--max_steps=20", "--base_learning_rate=0.01", "--export_model_steps=0"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert os.path.exists(os.path.join(train_dir, "model.ckpt-20.index"))
+
+
+def one_line_error(result):
+  lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+  assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+  return lines[0]
+
+
+def test_clear_errors_and_no_partial_outputs(data_dir, tmp_path):
+  output = str(tmp_path / "never.csv")
+  missing = str(tmp_path / "missing")
+  error = one_line_error(run_script("inference.py", [
+      "--train_dir=" + missing, "--output_file=" + output,
+      "--input_data_pattern=%s/test*.tfrecord" % data_dir]))
+  assert missing in error and not os.path.exists(output)
+  error = one_line_error(run_script("train.py", [
+      "--train_data_pattern=%s/nothing*.tfrecord" % data_dir, "--train_dir=" + missing]))
+  assert "nothing*.tfrecord" in error
+  error = one_line_error(run_script("train.py", [
+      "--train_data_pattern=%s/train*.tfrecord" % data_dir, "--model=NoSuchModel"]))
+  assert "NoSuchModel" in error and "NetVLADModelLF" in error
+  error = one_line_error(run_script("train.py", [
+      "--train_data_pattern=%s/train*.tfrecord" % data_dir, "--feature_names=rgb,audio",
+      "--feature_sizes=1024"]))
+  assert "feature_sizes" in error
+  result = run_script("train.py", ["--no_such_flag=3"])
+  assert result.returncode != 0 and "no_such_flag" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("willow", configurations.WILLOW_CONFIGS, ids=lambda c: c.key)
+def test_readme_command_lines_run_unchanged(willow, tmp_path_factory):
+  """Each README training line and inference line, as printed (only $path_to_features
+  filled in), runs at full size; --max_step is lowered to 2 by a later flag."""
+  features = str(tmp_path_factory.mktemp("readme_features"))
+  for seed, (partition, labels) in enumerate([("train", True), ("test", False)]):
+    make_synthetic_data.generate_partition(features, partition, num_videos=6, num_shards=1,
+                                           seed=seed, with_labels=labels, min_frames=250,
+                                           max_frames_gen=320)
+  cwd = str(tmp_path_factory.mktemp("readme_run"))
+  train = configurations.command_args(willow.train_command, features)
+  result = run_script("train.py", train + ["--max_step=2", "--bn_calibration_batches=1",
+                                           "--export_model_steps=0"], cwd=cwd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.exists(os.path.join(cwd, willow.train_dir, "model.ckpt-2.index"))
+  inference_args = configurations.command_args(willow.inference_command, features)
+  if willow.key == "gated_dbof":  # the README's inference line names another train_dir
+    os.symlink(os.path.join(cwd, willow.train_dir),
+               os.path.join(cwd, configurations.flag_value(inference_args, "train_dir")))
+  result = run_script("inference.py", inference_args, cwd=cwd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = read_csv(os.path.join(cwd, willow.inference_output))
+  assert len(lines) == 7 and len(lines[1].split(",")[1].split()) == 100
