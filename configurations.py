@@ -56,8 +56,9 @@ def flag_value(args: List[str], name: str) -> str:
 def with_flag(args: List[str], name: str, value) -> List[str]:
   """Returns args with --name set to value (replaced in place, else appended)."""
   prefix = "--%s=" % name
-  out = [a for a in args if not a.startswith(prefix)]
-  return out + [prefix + str(value)]
+  if not any(a.startswith(prefix) for a in args):
+    return list(args) + [prefix + str(value)]
+  return [prefix + str(value) if a.startswith(prefix) else a for a in args]
 
 
 WILLOW_CONFIGS: List[WillowConfig] = [

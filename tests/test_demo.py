@@ -1,0 +1,26 @@
+"""`make demo` in a reduced form: every stage runs and the submission is well formed."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import configurations
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_demo_pipeline_writes_a_blended_submission(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "demo.py"), "--quick", "--videos=64",
+       "--output_dir=%s" % tmp_path], capture_output=True, text=True, timeout=1500)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  for willow in configurations.WILLOW_CONFIGS:
+    assert willow.title in result.stdout
+    assert (tmp_path / willow.inference_output).exists()
+  lines = (tmp_path / "WILLOW_submission.csv").read_text().splitlines()
+  assert lines[0] == "VideoId,LabelConfidencePairs"
+  assert len(lines) == 1 + 64  # one row per test video
+  assert all(len(line.split(",")[1].split()) == 40 for line in lines[1:])  # top 20 pairs
+  assert "ensemble (WILLOW_submission.csv)" in result.stdout
