@@ -5,18 +5,12 @@ clipping, staircase learning-rate decay counted in examples and TF1 Adam epsilon
 original's (SPEC.md 3). Checkpoints go to --train_dir with the model configuration beside
 them; training resumes from the latest checkpoint unless --start_new_model.
 """
-import os
-import shutil
-import signal
-import time
 
 import numpy as np
 import tensorflow as tf
 from absl import flags
 from absl import logging
 
-import eval_util
-import losses
 import readers
 import script_flags
 import training
@@ -44,6 +38,7 @@ def start_new_model(train_dir: str):
 
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
+  tf.debugging.set_log_device_placement(FLAGS.log_device_placement)
   if FLAGS.seed is not None:
     tf.random.set_seed(FLAGS.seed)
     np.random.seed(FLAGS.seed)
