@@ -1,4 +1,6 @@
 """The command-line contract: prefixes, flags of other scripts, defaults, saved configuration."""
+import os
+
 import pytest
 from absl import flags
 
@@ -71,3 +73,12 @@ def test_saved_config_round_trip(tmp_path):
   script_flags.save_config(str(tmp_path), config)
   assert script_flags.load_saved_config(str(tmp_path)) == config
   assert script_flags.load_saved_config(str(tmp_path / "missing")) is None
+
+
+def test_readme_documents_every_flag():
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "README.md")).read()
+  values = flags.FlagValues()
+  script_flags.define_flags("train", values)
+  undocumented = [name for name in values if "`--%s`" % name not in readme]
+  assert not undocumented
