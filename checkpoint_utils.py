@@ -38,7 +38,10 @@ def find_checkpoint(train_dir: str, check_point: int = -1) -> Optional[str]:
       raise InputError("%s: no checkpoint for step %d (--check_point)" % (train_dir,
                                                                           check_point))
     return path
-  return tf.train.latest_checkpoint(train_dir)
+  import checkpoint_import  # pylint: disable=g-import-not-at-top (it imports this module)
+  # Unlike tf.train.latest_checkpoint, also finds checkpoints of a train_dir that was moved
+  # from the machine it was trained on (its state file holds that machine's paths).
+  return checkpoint_import.latest_checkpoint(train_dir)
 
 
 def is_tf1_checkpoint(path: str) -> bool:
@@ -58,12 +61,11 @@ def resolve_model_config(train_dir: str, requested: models.ModelConfig,
 
 def restore_weights(model: models.BaseModel, path: str):
   """Loads model weights (not the optimizer's) from one of our checkpoints or a TF1 one."""
+  import checkpoint_import  # pylint: disable=g-import-not-at-top (it imports this module)
   if is_tf1_checkpoint(path):
-    import checkpoint_import  # only needed for the original's checkpoints
     checkpoint_import.load_tf1_checkpoint(model, path)
-    return
-  status = tf.train.Checkpoint(model=model).restore(path)
-  status.expect_partial().assert_existing_objects_matched()
+  else:
+    checkpoint_import.load_our_checkpoint(model, path)
 
 
 _PRECISIONS = {"float64": tf.float64, "float32": tf.float32}
@@ -84,6 +86,8 @@ def load_trained_model(train_dir: str, check_point: int, requested: models.Model
   model.compute_dtype = _PRECISIONS[precision]
   try:
     restore_weights(model, path)
+  except InputError:
+    raise
   except (tf.errors.OpError, AssertionError, ValueError) as e:
     raise InputError("%s: cannot restore the %s model from it (%s)" % (
         path, config.model, str(e).splitlines()[0]))
