@@ -1,0 +1,375 @@
+"""Tests of file_averaging.py: hand-computed blends, the output format, the CLI and bad inputs."""
+import collections
+import os
+import random
+import subprocess
+import sys
+
+from absl import flags
+import numpy as np
+import pytest
+
+import configurations
+import file_averaging
+from utils import InputError
+
+HEADER = "VideoId,LabelConfidencePairs\n"
+
+
+def write_csv(folder, name, rows, header=HEADER):
+  path = os.path.join(str(folder), name)
+  with open(path, "w") as f:
+    f.write(header + "".join(row + "\n" for row in rows))
+  return path
+
+
+def blend_text(inputs, top_k=20, num_classes=4716, **kwargs):
+  """The submission text that average_files + write_submission produce."""
+  blend = file_averaging.average_files(inputs, top_k=top_k, num_classes=num_classes, **kwargs)
+  out = os.path.join(os.path.dirname(inputs[0][0]), "out.csv")
+  file_averaging.write_submission(blend, out)
+  with open(out) as f:
+    return f.read()
+
+
+def run_main(argv):
+  """Runs main() with its own flag values (other tests define flags of the same names)."""
+  flag_values = flags.FlagValues()
+  file_averaging.define_flags(flag_values)
+  flag_values(["file_averaging.py"] + argv)
+  file_averaging.main(["file_averaging.py"], flag_values)
+
+
+def reference_blend(inputs, top_k):
+  """The original algorithm, written plainly: Counter sums in input order, top_k, "%.6f"."""
+  sums = collections.defaultdict(collections.Counter)
+  for path, weight in inputs:
+    with open(path) as f:
+      next(f)
+      for line in f:
+        video, pairs = line.rstrip("\n").split(",")
+        tokens = pairs.split(" ") if pairs else []
+        sums[video]  # a video without pairs still gets a row
+        for i in range(0, len(tokens), 2):
+          sums[video][int(tokens[i])] += weight * float(tokens[i + 1])
+  total = sum(weight for _, weight in inputs)
+  lines = [HEADER]
+  for video, counter in sums.items():
+    best = sorted(((-value / total, label) for label, value in counter.items()))[:top_k]
+    lines.append(video + "," + " ".join("%d %.6f" % (label, -score) for score, label in best)
+                 + "\n")
+  return "".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blends computed by hand.
+
+
+def test_weighted_blend_string_ids_and_a_video_missing_from_one_input(tmp_path):
+  a = write_csv(tmp_path, "a.csv", ["0001,3 0.500000 1 0.250000",
+                                    "02CroU5sJF8,2 1.000000",
+                                    "only_a,5 0.900000"])
+  b = write_csv(tmp_path, "b.csv", ["02CroU5sJF8,2 0.500000 7 0.100000",
+                                    "0001,1 0.750000",
+                                    "only_b,0 0.300000"])
+  # Total weight 1.5. 0001: label 1 = (0.25 + 0.5 * 0.75) / 1.5, label 3 = 0.5 / 1.5.
+  assert blend_text([(a, 1.0), (b, 0.5)]) == (
+      HEADER
+      + "0001,1 0.416667 3 0.333333\n"
+      + "02CroU5sJF8,2 0.833333 7 0.033333\n"
+      + "only_a,5 0.600000\n"
+      + "only_b,0 0.100000\n")
+
+
+def test_rows_follow_first_appearance_across_inputs_in_the_order_given(tmp_path):
+  a = write_csv(tmp_path, "a.csv", ["z,1 0.5", "m,1 0.5"])
+  b = write_csv(tmp_path, "b.csv", ["k,1 0.5", "z,1 0.5", "a,1 0.5"])
+  ids = [line.split(",")[0] for line in blend_text([(a, 1), (b, 1)]).splitlines()[1:]]
+  assert ids == ["z", "m", "k", "a"]
+  ids = [line.split(",")[0] for line in blend_text([(b, 1), (a, 1)]).splitlines()[1:]]
+  assert ids == ["k", "z", "a", "m"]
+
+
+def test_top_k_sorted_by_score_then_smaller_label(tmp_path):
+  a = write_csv(tmp_path, "a.csv", ["v,9 0.300000 4 0.500000 2 0.300000 7 0.300000 1 0.100000"])
+  assert blend_text([(a, 1)], top_k=4) == HEADER + "v,4 0.500000 2 0.300000 7 0.300000 9 0.300000\n"
+  # The cut at 3 falls among the three 0.3s: the smallest labels stay.
+  assert blend_text([(a, 1)], top_k=3) == HEADER + "v,4 0.500000 2 0.300000 7 0.300000\n"
+  assert blend_text([(a, 1)], top_k=2) == HEADER + "v,4 0.500000 2 0.300000\n"
+
+
+def test_ties_created_by_different_inputs(tmp_path):
+  a = write_csv(tmp_path, "a.csv", ["v,10 0.2 30 0.4"])
+  b = write_csv(tmp_path, "b.csv", ["v,20 0.4 10 0.2"])
+  # 10: (0.2 + 0.2) / 2, 20: 0.4 / 2, 30: 0.4 / 2 -> all 0.2; ties go to the smaller label.
+  assert blend_text([(a, 1), (b, 1)], top_k=2) == HEADER + "v,10 0.200000 20 0.200000\n"
+
+
+def test_fewer_labels_than_top_k_and_a_video_without_pairs(tmp_path):
+  a = write_csv(tmp_path, "a.csv", ["v,3 0.25", "empty,"])
+  assert blend_text([(a, 2)]) == HEADER + "v,3 0.250000\nempty,\n"
+
+
+def test_every_pair_is_read_and_scores_sum_at_full_precision(tmp_path):
+  # The original read only the first half of the pairs and truncated scores to 5 decimals.
+  pairs = " ".join("%d 0.%06d" % (label, 200000 + 2 * label) for label in range(50))
+  a = write_csv(tmp_path, "a.csv", ["v," + pairs])
+  b = write_csv(tmp_path, "b.csv", ["v,0 0.000200"])
+  text = blend_text([(a, 1), (b, 1)], top_k=50)
+  fields = text.splitlines()[1].split(",")[1].split(" ")
+  assert len(fields) == 100
+  assert fields[:6] == ["0", "0.100100", "49", "0.100049", "48", "0.100048"]
+  assert fields[-4:] == ["2", "0.100002", "1", "0.100001"]
+
+
+def test_six_decimals_match_printf_exactly():
+  rng = np.random.default_rng(0)
+  values = np.concatenate([
+      rng.random(2000), rng.random(200) * 20,
+      [0.0, 1.0, 0.0078125, 0.5, 1 / 3, 2 / 3, 0.0000005, 0.0000015, 0.9999995, 123456.5,
+       9999.9999996, 12345.678901, -0.25, -0.0, 0.1234565, 2.5e-7]])
+  values = values.reshape(-1, 2)
+  labels = np.arange(values.size, dtype=np.int32).reshape(-1, 2) % 4716
+  ids = np.array([b"v%d" % i for i in range(len(values))])
+  counts = np.full(len(values), 2, np.int32)
+  text = file_averaging._format_rows(ids, labels, values, counts).decode()
+  expected = "".join("v%d,%d %.6f %d %.6f\n" % (i, l[0], v[0], l[1], v[1])
+                     for i, (l, v) in enumerate(zip(labels, values)))
+  assert text == expected
+
+
+def test_output_header_and_line_format(tmp_path):
+  a = write_csv(tmp_path, "a.csv", ["x,4715 0.5 0 1"])
+  with open(os.path.join(str(tmp_path), "a.csv"), "rb") as f:
+    assert f.readline() == b"VideoId,LabelConfidencePairs\n"
+  text = blend_text([(a, 1)])
+  assert text == "VideoId,LabelConfidencePairs\nx,0 1.000000 4715 0.500000\n"
+
+
+def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypatch):
+  # Small blocks so that both the reading and the blending cross block boundaries.
+  monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", 97)
+  monkeypatch.setattr(file_averaging, "BLEND_BLOCK_VIDEOS", 3)
+  rng = random.Random(7)
+  videos = ["%04d" % i for i in range(40)] + ["id_%d" % i for i in range(20)]
+  inputs = []
+  for number, weight in enumerate([1.0, 0.5, 2.0, 0.0]):
+    rows = []
+    for video in rng.sample(videos, 45):
+      labels = rng.sample(range(30), rng.choice([0, 1, 3, 8]) if number == 1 else 8)
+      scores = [rng.choice(["%.6f" % rng.random(), "0.500000", "0.25", "1e-3"]) for _ in labels]
+      rows.append(video + "," + " ".join("%d %s" % p for p in zip(labels, scores)))
+    inputs.append((write_csv(tmp_path, "in%d.csv" % number, rows), weight))
+  for top_k in (1, 5, 40):
+    for workers in (1, 2):
+      assert (blend_text(inputs, top_k=top_k, num_classes=30, workers=workers)
+              == reference_blend(inputs, top_k))
+
+
+def test_scores_in_other_notations_parse_like_float(tmp_path):
+  tokens = ["0.123456", "1", "0.5", "-0.25", "12.345678", "0.123456789", "1e-3", "2.5E+1",
+            "000.1", "7."]
+  rows = ["v%d,%d %s" % (i, i, token) for i, token in enumerate(tokens)]
+  parsed = file_averaging.parse_prediction_file(write_csv(tmp_path, "a.csv", rows))
+  values = parsed.scores / 1e6 if parsed.scores_are_micro else parsed.scores
+  assert values.tolist() == [float(t) for t in tokens]
+  assert parsed.video_ids.tolist() == [b"v%d" % i for i in range(len(tokens))]
+  assert parsed.labels.tolist() == list(range(len(tokens)))
+
+
+def test_vectorized_paths_take_the_inference_format():
+  # Tokens as inference.py writes them must not fall back to the per-token Python path.
+  text = b"00000000,0 0.000000 7 1.000000 42 0.123456 4715 0.999999 123 9.500000\n"
+  raw = np.frombuffer(text, np.uint8)
+  ends = np.array([i for i, c in enumerate(text) if c in b" \n"])
+  starts = np.array([text.index(b",") + 1] + [e + 1 for e in ends[:-1]])
+  lengths = ends - starts
+  labels, labels_ok = file_averaging._fast_labels(raw, ends[0::2], lengths[0::2])
+  scores, scores_ok = file_averaging._fast_scores(raw, ends[1::2], lengths[1::2])
+  assert labels_ok.all() and scores_ok.all()
+  assert labels.tolist() == [0, 7, 42, 4715, 123]
+  assert scores.tolist() == [0, 1000000, 123456, 999999, 9500000]
+  wide, wide_ok = file_averaging._fast_labels(np.frombuffer(b"00000000,12345678 ", np.uint8),
+                                              np.array([17]), np.array([8]))
+  assert wide_ok.all() and wide.tolist() == [12345678]
+
+
+def test_label_with_leading_zeros_and_unterminated_last_line(tmp_path):
+  path = os.path.join(str(tmp_path), "a.csv")
+  with open(path, "w") as f:
+    f.write(HEADER + "a,0042 0.5 7 0.25\nb,000000003 0.125")
+  parsed = file_averaging.parse_prediction_file(path)
+  assert parsed.labels.tolist() == [42, 7, 3]
+  assert parsed.pair_counts.tolist() == [2, 1]
+  assert (parsed.scores / 1e6).tolist() == [0.5, 0.25, 0.125]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
+
+
+def test_default_inputs_are_the_seven_readme_outputs(tmp_path, monkeypatch):
+  names = configurations.README_INFERENCE_OUTPUTS
+  assert len(names) == 7 and len(set(names)) == 7
+  assert [name for name, _ in file_averaging.default_inputs()] == names
+  assert all(weight == 1 for _, weight in file_averaging.default_inputs())
+  inputs = tmp_path / "inputs"
+  inputs.mkdir()
+  for i, name in enumerate(names):
+    write_csv(inputs, name, ["vid,%d 0.700000 100 0.%d00000" % (i, i)])
+  work = tmp_path / "work"
+  work.mkdir()
+  monkeypatch.chdir(work)
+  run_main(["--input_dir=%s" % inputs])
+  with open(work / "WILLOW_submission.csv") as f:
+    text = f.read()
+  # Label 100: (0.0 + 0.1 + ... + 0.6) / 7 = 0.3; labels 0..6: 0.7 / 7 = 0.1 each.
+  assert text == HEADER + "vid,100 0.300000 " + " ".join("%d 0.100000" % i for i in range(7)) + "\n"
+
+
+def test_inputs_flag_weights_and_relative_paths(tmp_path, monkeypatch):
+  folder = tmp_path / "preds"
+  folder.mkdir()
+  write_csv(folder, "a.csv", ["v,1 0.4"])
+  write_csv(folder, "b.csv", ["v,1 0.1 2 0.9"])
+  monkeypatch.chdir(tmp_path)
+  run_main(["--input_dir=preds", "--inputs=a.csv=3,b.csv", "--output_file=blend.csv",
+            "--top_k=1"])
+  with open(tmp_path / "blend.csv") as f:
+    assert f.read() == HEADER + "v,1 0.325000\n"  # (3 * 0.4 + 0.1) / 4
+  assert file_averaging.parse_inputs_flag("x.csv=0.5, y=z.csv=2 ,w.csv") == [
+      ("x.csv", 0.5), ("y=z.csv", 2.0), ("w.csv", 1.0)]
+
+
+def test_cli_in_a_subprocess(tmp_path):
+  write_csv(tmp_path, "a.csv", ["v,1 0.5"])
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "file_averaging.py")
+  result = subprocess.run([sys.executable, script, "--inputs=a.csv", "--output_file=s.csv"],
+                          cwd=str(tmp_path), capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "s.csv").read_text() == HEADER + "v,1 0.500000\n"
+  assert not [n for n in os.listdir(str(tmp_path)) if n.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: one line `error: ...` naming the file (and line), exit 1, no output file.
+
+BAD_FILES = [
+    # (file content, expected message fragments)
+    ("", ["is empty"]),
+    ("VideoID,LabelConfidencePairs\nv,1 0.5\n", ["line 1", "expected the header"]),
+    ("v,1 0.5\nw,2 0.5\n", ["line 1", "expected the header"]),
+    (HEADER, ["no prediction rows"]),
+    (HEADER + "v,1 0.5\nw 1 0.5\n", ["line 3", "no comma: expected 2 columns"]),
+    (HEADER + "v,1 0.5\nw,1 0.5,2 0.5\n", ["line 3", "2 commas: expected 2 columns"]),
+    (HEADER + "v,1 0.5\n\n", ["line 3", "no comma"]),
+    (HEADER + "a b,1 0.5\n", ["line 2", "space in the video id"]),
+    (HEADER + "a\0b,1 0.5\n", ["line 2", "NUL byte in the video id"]),
+    (HEADER + "v,1 0.5 2\n", ["line 2", "odd number of tokens (3)"]),
+    (HEADER + "v,1 0.5\nw,1 high\n", ["line 3", "score 'high' is not a number"]),
+    (HEADER + "v,1 nan\n", ["line 2", "not a finite number"]),
+    (HEADER + "v,1 0.5\nw,1.5 0.5\n", ["line 3", "label '1.5' is not an integer"]),
+    (HEADER + "v,x 0.5\n", ["line 2", "label 'x' is not an integer"]),
+    (HEADER + "v,1 0.5\nw,4716 0.5\n", ["line 3", "label 4716 is out of range [0, 4716)"]),
+    (HEADER + "v,-1 0.5\n", ["line 2", "label -1 is out of range"]),
+    (HEADER + "v,1 0.5 2 0.1 1 0.2\n", ["line 2", "label 1 appears twice"]),
+    (HEADER + "v,1 0.5\nw,1 0.5\nv,2 0.5\n", ["line 4", "duplicate video id 'v'"]),
+    (HEADER + "v,1  0.5\n", ["line 2", "empty token"]),
+    (HEADER + ",1 0.5\n", ["line 2", "empty video id"]),
+]
+
+
+def assert_fails_cleanly(capsys, argv, output, fragments):
+  with pytest.raises(SystemExit) as exit_info:
+    run_main(argv)
+  assert exit_info.value.code == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
+  for fragment in fragments:
+    assert fragment in lines[0], (fragment, lines[0])
+  assert not os.path.exists(output)
+  folder = os.path.dirname(output)
+  assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("content,fragments", BAD_FILES)
+def test_bad_file(tmp_path, capsys, content, fragments):
+  good = write_csv(tmp_path, "good.csv", ["v,1 0.5"])
+  with open(os.path.join(str(tmp_path), "bad.csv"), "w") as f:
+    f.write(content)
+  output = os.path.join(str(tmp_path), "out.csv")
+  assert_fails_cleanly(capsys, ["--input_dir=%s" % tmp_path, "--inputs=good.csv,bad.csv",
+                                "--output_file=%s" % output],
+                       output, [os.path.join(str(tmp_path), "bad.csv") + ":"] + fragments)
+  del good
+
+
+def test_error_line_number_past_the_first_read_block(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", 64)
+  rows = ["v%03d,1 0.5 2 0.25" % i for i in range(100)]
+  rows[76] = "v076,1 0.5 2 zero"
+  write_csv(tmp_path, "bad.csv", rows)
+  output = os.path.join(str(tmp_path), "out.csv")
+  assert_fails_cleanly(capsys, ["--input_dir=%s" % tmp_path, "--inputs=bad.csv",
+                                "--output_file=%s" % output], output, ["bad.csv: line 78:", "zero"])
+
+
+@pytest.mark.parametrize("rows,fragments", [
+    (["a,1 0.5", "b,1 0.5 1 0.2", "c,1 0.5", "d,1 x"], ["line 3:", "label 1 appears twice"]),
+    (["a,1 0.5", "b,1 0.5", "c,1 x", "d,1 0.5", "e,y 0.5"], ["line 4:", "score 'x'"]),
+    (["a,1 0.5", "b,9999 0.5", "c,1 x"], ["line 3:", "label 9999 is out of range"]),
+])
+def test_the_earliest_bad_line_is_reported(tmp_path, capsys, rows, fragments):
+  write_csv(tmp_path, "bad.csv", rows)
+  output = os.path.join(str(tmp_path), "out.csv")
+  assert_fails_cleanly(capsys, ["--input_dir=%s" % tmp_path, "--inputs=bad.csv",
+                                "--output_file=%s" % output], output, fragments)
+
+
+@pytest.mark.parametrize("flag,fragments", [
+    ("--inputs=missing.csv", ["missing.csv", "not found"]),
+    ("--inputs=good.csv=0", ["total weight", "must be positive"]),
+    ("--inputs=good.csv=-1,good.csv=2", ["good.csv", "weight -1.0", ">= 0"]),
+    ("--inputs=good.csv=abc", ["weight 'abc'"]),
+    ("--top_k=0", ["top_k must be positive"]),
+    ("--top_k=-3", ["top_k must be positive"]),
+    ("--output_file=no/such/folder/out.csv", ["no/such/folder/out.csv", "cannot write"]),
+])
+def test_bad_arguments(tmp_path, capsys, flag, fragments):
+  write_csv(tmp_path, "good.csv", ["v,1 0.5"])
+  output = os.path.join(str(tmp_path), "out.csv")
+  argv = ["--input_dir=%s" % tmp_path, "--output_file=%s" % output]
+  if not flag.startswith("--inputs"):
+    argv.append("--inputs=good.csv")
+  assert_fails_cleanly(capsys, argv + [flag], output, fragments)
+
+
+def test_missing_default_inputs_name_the_first_missing_file(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  output = os.path.join(str(tmp_path), "WILLOW_submission.csv")
+  assert_fails_cleanly(capsys, [], output, [configurations.README_INFERENCE_OUTPUTS[0]])
+
+
+def test_id_hash_collisions_fall_back_to_exact_ids(tmp_path, monkeypatch):
+  a = write_csv(tmp_path, "a.csv", ["x,1 0.5", "y,2 0.5", "0001,3 0.1"])
+  b = write_csv(tmp_path, "b.csv", ["y,2 0.25", "z,1 0.5", "001,3 0.2"])
+  inputs = [(a, 1.0), (b, 1.0)]
+  expected = reference_blend(inputs, 20)
+  # Every id collides within a file, then only across files (keyed on the last byte).
+  monkeypatch.setattr(file_averaging, "id_keys", lambda ids: np.zeros(len(ids), np.uint64))
+  assert blend_text(inputs) == expected
+  monkeypatch.setattr(file_averaging, "id_keys",
+                      lambda ids: np.array([i[-1] for i in ids.tolist()], np.uint64))
+  assert blend_text(inputs) == expected
+  c = write_csv(tmp_path, "c.csv", ["x,1 0.5", "q,1 0.5", "x,2 0.5"])
+  with pytest.raises(InputError, match="line 4: duplicate video id 'x' .first on line 2."):
+    file_averaging.average_files([(c, 1.0)])
+
+
+def test_library_raises_input_error(tmp_path):
+  path = write_csv(tmp_path, "a.csv", ["v,1 0.5"])
+  with pytest.raises(InputError, match="top_k must be positive"):
+    file_averaging.average_files([(path, 1)], top_k=0)
+  with pytest.raises(InputError, match="label 1 is out of range"):
+    file_averaging.average_files([(path, 1)], num_classes=1)
