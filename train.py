@@ -6,6 +6,13 @@ original's (SPEC.md 3). Checkpoints go to --train_dir with the model configurati
 them; training resumes from the latest checkpoint unless --start_new_model.
 """
 
+import os
+
+# TensorFlow's default CPU allocator page-faults every large buffer afresh; its BFC allocator
+# reuses them (train steps and reader decoding 1.5-6x faster, see BENCHMARKS.md). It must be
+# chosen before TensorFlow loads.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
 import numpy as np
 import tensorflow as tf
 from absl import flags
