@@ -89,14 +89,16 @@ class BatchNorm(tf.Module):
     if not training:
       mean, variance = like(self.moving_mean, x), like(self.moving_variance, x)
     else:
-      mean, variance = tf.nn.moments(x, axes=[0])
+      # Batch statistics in at least float32 (16-bit sums over a batch lose too much).
+      stats_dtype = tf.float32 if x.dtype.size < 4 else x.dtype
+      mean, variance = tf.nn.moments(tf.cast(x, stats_dtype), axes=[0])
       if _BatchStatRecorder.active is not None:
         _BatchStatRecorder.active.append((self, mean, variance))
       else:
         self._update_moving(self.moving_mean, mean)
         self._update_moving(self.moving_variance, variance)
-    return tf.nn.batch_normalization(x, mean, variance, like(self.beta, x), like(self.gamma, x),
-                                     BN_EPSILON)
+    return tf.nn.batch_normalization(x, like(mean, x), like(variance, x), like(self.beta, x),
+                                     like(self.gamma, x), BN_EPSILON)
 
   @staticmethod
   def _update_moving(moving, batch_value):

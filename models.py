@@ -146,7 +146,13 @@ class BaseModel(tf.Module):
 
   def __call__(self, raw_input, num_frames, training: bool = False):
     model_input = model_blocks.l2n(tf.cast(raw_input, self.compute_dtype))
-    return self.forward(model_input, num_frames, training)
+    outputs = self.forward(model_input, num_frames, training)
+    return {k: tf.cast(v, self.output_dtype) for k, v in outputs.items()}
+
+  @property
+  def output_dtype(self):
+    """Mixed precision computes in 16 bits; losses and metrics get float32 predictions."""
+    return tf.float32 if self.compute_dtype.size < 4 else self.compute_dtype
 
   def forward(self, model_input, num_frames, training: bool):
     raise NotImplementedError

@@ -163,6 +163,12 @@ def define_flags(script: str, fv=None):
   define_integer("keep_checkpoints", 5, "Checkpoints kept in train_dir (0 keeps all).")
   define_integer("log_steps", 10, "Steps between progress lines.")
   define_integer("seed", None, "Random seed (initialization, sampling, shuffling).")
+  define_string("jit_compile", "auto",
+                "Compile the train step with XLA: auto (on one replica without --seed: XLA "
+                "ignores the samplers' op seeds), true or false.")
+  define_string("mixed_precision", "none",
+                "Training compute dtype: none (float32) or bf16 (variables, loss and batch-norm "
+                "statistics stay float32). fp16 is not supported (CPU training; no loss scaling).")
   define_string("distribution_strategy", "auto",
                       "auto, default, mirrored or multi_worker.")
   define_string("init_from_checkpoint", "",

@@ -74,7 +74,8 @@ def main(unused_argv):
       save_checkpoint_steps=FLAGS.save_checkpoint_steps,
       keep_checkpoints=FLAGS.keep_checkpoints, log_steps=FLAGS.log_steps,
       export_model_steps=FLAGS.export_model_steps,
-      init_from_checkpoint=FLAGS.init_from_checkpoint, seed=FLAGS.seed)
+      init_from_checkpoint=FLAGS.init_from_checkpoint, seed=FLAGS.seed,
+      jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision)
   training.Trainer(config, options, strategy).run()
 
 

@@ -54,6 +54,8 @@ class TrainOptions:
   export_model_steps: int = 10000
   init_from_checkpoint: str = ""
   seed: Optional[int] = None
+  jit_compile: str = "auto"
+  mixed_precision: str = "none"
 
 
 # ----------------------------------------------------------------------------------------
@@ -242,6 +244,34 @@ class Trainer:
         checkpoint_name="model.ckpt", step_counter=self.optimizer.iterations)
     self.writer = (tf.summary.create_file_writer(options.train_dir) if self.chief
                    else tf.summary.create_noop_writer())
+    self._set_compute_dtype()
+    self._compile_train_step()
+
+  def _set_compute_dtype(self):
+    """--mixed_precision=bf16 computes in bfloat16 (weights are cast at use, variables, the
+    loss, gradients and batch-norm statistics stay float32). fp16 would need loss scaling
+    and brings nothing on CPUs: not offered."""
+    dtypes = {"none": tf.float32, "bf16": tf.bfloat16}
+    if self.options.mixed_precision not in dtypes:
+      raise utils.InputError("--mixed_precision must be none or bf16, got %r"
+                             % self.options.mixed_precision)
+    self.model.compute_dtype = dtypes[self.options.mixed_precision]
+
+  def _compile_train_step(self):
+    """Compiles the train step with XLA when --jit_compile asks for it (auto: on one replica
+    without --seed). XLA fuses the step's element-wise work, transposes and batch-norm
+    statistics into few kernels (the Gated NetVLAD step runs in ~0.6-0.7 of the time), but
+    it ignores the op seeds of the frame samplers, so a seeded run would not repeat, and it
+    is not used across replicas."""
+    mode = str(self.options.jit_compile).lower()
+    if mode not in ("auto", "true", "false"):
+      raise utils.InputError("--jit_compile must be auto, true or false, got %r"
+                             % self.options.jit_compile)
+    use_xla = mode == "true" or (mode == "auto" and self.replicas == 1
+                                 and self.options.seed is None)
+    if use_xla:
+      self.train_step = tf.function(self.train_step.python_function, jit_compile=True)
+    logging.info("train step %s XLA (--jit_compile=%s)", "with" if use_xla else "without", mode)
 
   @property
   def step(self) -> int:

@@ -49,9 +49,9 @@ def reference_blend(inputs, top_k):
       for line in f:
         video, pairs = line.rstrip("\n").split(",")
         tokens = pairs.split(" ") if pairs else []
-        sums[video]  # a video without pairs still gets a row
+        counter = sums[video]  # a video without pairs still gets a row
         for i in range(0, len(tokens), 2):
-          sums[video][int(tokens[i])] += weight * float(tokens[i + 1])
+          counter[int(tokens[i])] += weight * float(tokens[i + 1])
   total = sum(weight for _, weight in inputs)
   lines = [HEADER]
   for video, counter in sums.items():

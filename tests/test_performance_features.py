@@ -1,0 +1,125 @@
+"""The speed options (--jit_compile, --mixed_precision) and the FLOP formulas of benchmarks/.
+
+Functional checks only (the same results within tolerance); timings are in BENCHMARKS.md,
+never asserted.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import configurations
+import models
+import training
+import utils
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import flops  # noqa: E402  (benchmarks/ is not a package)
+
+SMALL = models.ModelConfig(model="NetVLADModelLF", feature_names=("rgb", "audio"),
+                           feature_sizes=(1024, 128), frame_features=True, num_classes=20,
+                           iterations=8, sample_random_frames=False, netvlad_cluster_size=4, netvlad_hidden_size=16,
+                           netvlad_relu=False, gating=True, moe_prob_gating=True)
+
+
+def make_trainer(tmp_path, name, **options):
+  tf.random.set_seed(7)  # the same initial weights for every trainer of a test
+  return training.Trainer(SMALL, training.TrainOptions(
+      train_dir=str(tmp_path / name), data_pattern="", batch_size=6, **options),
+      tf.distribute.get_strategy())
+
+
+def batch(seed=0, size=6, frames=8):
+  rng = np.random.default_rng(seed)
+  labels = np.zeros([size, SMALL.num_classes], np.float32)
+  labels[np.arange(size), rng.integers(0, SMALL.num_classes, size)] = 1
+  return dict(video_matrix=tf.constant(rng.uniform(-2, 2, [size, frames, 1152]), tf.float32),
+              num_frames=tf.fill([size], frames), labels=tf.constant(labels))
+
+
+def run_steps(trainer, steps=3):
+  """Losses of a few steps; every video has exactly `iterations` frames, so the random-clip
+  sampler (sample_random_frames=False) returns all of them in order: no randomness left."""
+  return [float(trainer.train_step(batch(i))["total_loss"]) for i in range(steps)]
+
+
+def test_jit_compile_trains_like_the_plain_step(tmp_path):
+  plain = make_trainer(tmp_path, "plain", jit_compile="false")
+  xla = make_trainer(tmp_path, "xla", jit_compile="true")
+  assert xla.train_step is not plain.train_step
+  np.testing.assert_allclose(run_steps(xla), run_steps(plain), rtol=2e-4)
+  for a, b in zip(xla.model.trainable_variables, plain.model.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_jit_compile_auto_needs_one_replica_and_no_seed(tmp_path):
+  auto = make_trainer(tmp_path, "auto")
+  seeded = make_trainer(tmp_path, "seeded", seed=1)
+  # Only the XLA step is a new per-instance function; the plain one is the class's method.
+  assert "train_step" in vars(auto) and "train_step" not in vars(seeded)
+  with pytest.raises(utils.InputError, match="jit_compile"):
+    make_trainer(tmp_path, "bad", jit_compile="sometimes")
+
+
+def test_bf16_trains_close_to_float32(tmp_path):
+  fp32 = make_trainer(tmp_path, "fp32", jit_compile="false")
+  bf16 = make_trainer(tmp_path, "bf16", jit_compile="false", mixed_precision="bf16")
+  outputs = bf16.train_step(batch())
+  assert outputs["predictions"].dtype == tf.float32
+  assert all(v.dtype == tf.float32 for v in bf16.model.variables)
+  reference = fp32.train_step(batch())
+  # bfloat16 keeps 8 bits of mantissa: the loss agrees to about 1%.
+  np.testing.assert_allclose(float(outputs["total_loss"]), float(reference["total_loss"]),
+                             rtol=2e-2)
+  np.testing.assert_allclose(outputs["predictions"].numpy(), reference["predictions"].numpy(),
+                             atol=2e-2)
+  with pytest.raises(utils.InputError, match="mixed_precision"):
+    make_trainer(tmp_path, "fp16", mixed_precision="fp16")
+
+
+def test_batch_norm_statistics_stay_float32_under_bf16():
+  import model_blocks
+  norm = model_blocks.BatchNorm(3, "bn")
+  x = tf.constant(np.random.default_rng(0).normal(5.0, 2.0, [64, 3]), tf.bfloat16)
+  with model_blocks.recording_batch_statistics() as records:
+    y = norm(x, training=True)
+  assert y.dtype == tf.bfloat16 and records[0][1].dtype == tf.float32
+  np.testing.assert_allclose(records[0][1].numpy(), tf.cast(x, tf.float32).numpy().mean(0),
+                             rtol=1e-5)
+
+
+def _weight_elements(model, name_part):
+  return sum(v.shape.num_elements() for v in model.trainable_variables
+             if name_part in v.name and len(v.shape) >= 2)
+
+
+@pytest.mark.parametrize("key", [c.key for c in configurations.WILLOW_CONFIGS])
+def test_flop_formulas_count_every_weight_matrix(key):
+  """Each counted product is 2 FLOPs per multiply-add of a weight matrix of the (scaled)
+  model: the formulas and the models' real weight shapes agree."""
+  from absl import flags
+  import script_flags
+  willow = configurations.CONFIGS_BY_KEY[key]
+  values = flags.FlagValues()
+  script_flags.define_flags("train", values)
+  args = configurations.scaled_args(willow.train_args, configurations.DEMO_SCALE[key])
+  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
+  config = script_flags.model_config_from_flags(values)
+  model = models.build_model(config)
+  parts = flops.forward_flops_per_video(config)
+  head = _weight_elements(model, "moe") + _weight_elements(model, "logistic")
+  assert parts["head"] == 2 * head
+  if "recurrent" in parts:
+    steps = parts["recurrent"] / 2 / sum(v.shape.num_elements() for v in model.trainable_variables
+                                         if "kernel" in v.name)
+    assert steps == (config.iterations if "random_sequence=True" in " ".join(args) else 300)
+    return
+  assignment = sum(v.shape.num_elements() for v in model.trainable_variables
+                   if v.name.endswith("cluster_weights:0"))
+  assert parts["assignment"] == 2 * config.iterations * assignment
+  assert parts["hidden"] == 2 * _weight_elements(model, "hidden1_weights")
+  if config.gating:
+    assert parts["context_gate"] == 2 * _weight_elements(model, "gating_weights_2")
