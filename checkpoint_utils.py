@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 from absl import logging
 
+import model_blocks
 import models
 import script_flags
 from utils import InputError
@@ -82,8 +83,10 @@ def load_trained_model(train_dir: str, check_point: int, requested: models.Model
   if path is None:
     raise InputError("train_dir %s holds no checkpoint" % train_dir)
   config, _ = resolve_model_config(train_dir, requested, explicit)
-  model = models.build_model(config)
-  model.compute_dtype = _PRECISIONS[precision]
+  dtype = _PRECISIONS[precision]
+  with model_blocks.variables_in(dtype):
+    model = models.build_model(config)
+  model.compute_dtype = dtype
   try:
     restore_weights(model, path)
   except InputError:

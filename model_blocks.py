@@ -23,27 +23,46 @@ def l2n(x, axis=-1):
   return tf.math.l2_normalize(x, axis=axis, epsilon=L2N_EPSILON)
 
 
+class _VariableDtype:
+  """The dtype new variables are created in: float32, except for models built for float64
+  inference, whose weights then need no cast on every batch."""
+  dtype = tf.float32
+
+
+@contextlib.contextmanager
+def variables_in(dtype):
+  """Blocks built inside create their variables in dtype."""
+  previous, _VariableDtype.dtype = _VariableDtype.dtype, tf.as_dtype(dtype)
+  try:
+    yield
+  finally:
+    _VariableDtype.dtype = previous
+
+
 def normal(shape, stddev, mean=0.0, name=None, trainable=True):
   """A variable drawn from the plain (untruncated) normal the original used everywhere."""
-  return tf.Variable(tf.random.normal(shape, mean=mean, stddev=stddev), name=name,
-                     trainable=trainable)
+  values = tf.random.normal(shape, mean=mean, stddev=stddev, dtype=_VariableDtype.dtype)
+  return tf.Variable(values, name=name, trainable=trainable)
 
 
 def glorot_uniform(shape, name=None):
   """TF1's default get_variable initializer (and slim's fully_connected weights)."""
   fan_in, fan_out = shape[-2], shape[-1]
   limit = math.sqrt(6.0 / (fan_in + fan_out))
-  return tf.Variable(tf.random.uniform(shape, -limit, limit), name=name)
+  values = tf.random.uniform(shape, -limit, limit, dtype=_VariableDtype.dtype)
+  return tf.Variable(values, name=name)
 
 
 def like(variable, x):
-  """The variable in x's dtype: weights are stored in float32 and used in the compute dtype
-  of the input (float64 for batch-independent inference, bfloat16 for mixed precision)."""
+  """The variable in x's dtype: weights are stored in float32 (float64 in models built for
+  float64 inference) and used in the compute dtype of the input (bfloat16 for mixed
+  precision); the cast is free when the two agree."""
   return tf.cast(variable, x.dtype)
 
 
 def constant(shape, value, name=None, trainable=True, **kwargs):
-  return tf.Variable(tf.fill(shape, float(value)), name=name, trainable=trainable, **kwargs)
+  values = tf.fill(shape, tf.constant(value, _VariableDtype.dtype))
+  return tf.Variable(values, name=name, trainable=trainable, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------
@@ -506,8 +525,9 @@ def run_stacked_rnn(layers, inputs, sequence_length):
   """Runs stacked layers over time with TF1 dynamic_rnn semantics: each row's state stops
   changing after sequence_length steps. Returns the final state of every layer."""
   batch = tf.shape(inputs)[0]
-  # Steps past the longest sequence change no state: skip them.
-  time = tf.minimum(tf.shape(inputs)[1], tf.reduce_max(sequence_length))
+  # A static length (frames are padded to a fixed count) lets XLA compile the loop; steps
+  # past each sequence's end are masked below.
+  time = inputs.shape[1] if inputs.shape[1] is not None else tf.shape(inputs)[1]
   outputs = inputs
   final_states = []
   for layer in layers:
@@ -521,7 +541,8 @@ def run_stacked_rnn(layers, inputs, sequence_length):
       new_state = tf.nest.map_structure(lambda n, o: tf.where(alive, n, o), new_state, state)
       return t + 1, new_state, emitted.write(t, tf.where(alive, output, tf.zeros_like(output)))
 
-    _, state, emitted = tf.while_loop(lambda t, *_: t < time, body, (0, state, emitted))
+    _, state, emitted = tf.while_loop(lambda t, *_: t < time, body, (0, state, emitted),
+                                      maximum_iterations=time)
     outputs = tf.transpose(emitted.stack(), [1, 0, 2])
     final_states.append(state)
   return final_states
