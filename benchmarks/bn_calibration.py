@@ -27,9 +27,9 @@ def main():
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
   data = os.path.join(args.workdir, "features")
-  for seed, (partition, count) in enumerate([("train", 2000), ("validate", 500)]):
+  for partition, count in [("train", 2000), ("validate", 500)]:
     make_synthetic_data.generate_partition(data, partition, num_videos=count, num_shards=2,
-                                           num_classes=100, seed=seed)
+                                           num_classes=100, seed=0)
   config = models.ModelConfig(
       model="NetVLADModelLF", feature_names=("rgb", "audio"), feature_sizes=(1024, 128),
       frame_features=True, num_classes=100, netvlad_cluster_size=16, netvlad_hidden_size=64,
