@@ -58,11 +58,17 @@ def task_split(task_index, num_tasks):
   if num_tasks is not None or task_index is not None:
     num_tasks, task_index = num_tasks or 1, task_index or 0
   else:
+    # The chief (if any) takes part 0 and worker i part i + 1, as the tasks of a training
+    # cluster; other task types (evaluator, ps) do not split the input.
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
     task = tf_config.get("task", {})
     cluster = tf_config.get("cluster", {})
-    num_tasks = max(len(cluster.get(task.get("type", ""), [])), 1)
-    task_index = task.get("index", 0) if num_tasks > 1 else 0
+    chiefs = len(cluster.get("chief", []))
+    num_tasks = chiefs + len(cluster.get("worker", []))
+    if task.get("type") in ("chief", "worker") and num_tasks > 1:
+      task_index = task.get("index", 0) + (chiefs if task["type"] == "worker" else 0)
+    else:
+      num_tasks, task_index = 1, 0
   if not 0 <= task_index < num_tasks:
     raise utils.InputError("--task_index=%d is outside [0, --num_tasks=%d)" % (task_index,
                                                                              num_tasks))

@@ -64,9 +64,16 @@ class TrainOptions:
 def choose_strategy(name: str) -> tf.distribute.Strategy:
   """auto: MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored with several GPUs,
   else the default strategy."""
+  cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+  legacy = sorted(set(cluster) - {"chief", "worker", "evaluator"})
+  if legacy:
+    # The original's TF1 layout (master + workers + parameter servers) has no equivalent:
+    # training is synchronous, every worker holds all the variables.
+    raise utils.InputError(
+        "TF_CONFIG cluster has %s tasks: use \"chief\" (for the original's \"master\") and "
+        "\"worker\" only; parameter servers are not used" % "/".join(legacy))
   if name == "auto":
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    if sum(len(v) for v in cluster.values()) > 1:
+    if len(cluster.get("chief", [])) + len(cluster.get("worker", [])) > 1:
       name = "multi_worker"
     elif len(tf.config.list_logical_devices("GPU")) > 1:
       name = "mirrored"
@@ -82,8 +89,16 @@ def choose_strategy(name: str) -> tf.distribute.Strategy:
     raise utils.InputError("--distribution_strategy must be auto, default, mirrored or "
                            "multi_worker, got %r" % name)
   logging.info("distribution strategy %s: %d replica(s) on %d worker(s)",
-               type(strategy).__name__, strategy.num_replicas_in_sync, num_workers(strategy))
+               strategy_class_name(strategy), strategy.num_replicas_in_sync,
+               num_workers(strategy))
   return strategy
+
+
+def strategy_class_name(strategy) -> str:
+  """The name under tf.distribute (MultiWorkerMirroredStrategy's class is called
+  CollectiveAllReduceStrategy), else the class name (_DefaultDistributionStrategy)."""
+  api_names = type(strategy).__dict__.get("_tf_api_names", ())
+  return api_names[0].split(".")[-1] if api_names else type(strategy).__name__
 
 
 def num_workers(strategy) -> int:
@@ -280,13 +295,15 @@ class Trainer:
   # -- data ------------------------------------------------------------------------------
 
   def _dataset(self, input_context=None, shuffle=True, num_epochs=None, seed=None):
-    shards, index, batch = 1, 0, self.options.batch_size
+    # Each element is one replica's batch: tf.distribute hands consecutive elements of a
+    # worker's dataset to its replicas in turn, so a step of 2 local replicas sees the same
+    # records as one batch of twice the size.
+    shards, index = 1, 0
     if input_context is not None:
       shards, index = input_context.num_input_pipelines, input_context.input_pipeline_id
-      batch = input_context.get_per_replica_batch_size(self.global_batch) * (
-          self.replicas // shards)
     return readers.get_input_dataset(
-        self.reader, self.options.data_pattern, batch, num_readers=self.options.num_readers,
+        self.reader, self.options.data_pattern, self.options.batch_size,
+        num_readers=self.options.num_readers,
         shuffle=shuffle, num_epochs=num_epochs, seed=seed, num_shards=shards,
         shard_index=index, drop_remainder=self.replicas > 1)
 
@@ -301,41 +318,78 @@ class Trainer:
 
   # -- step ------------------------------------------------------------------------------
 
-  def _replica_step(self, batch):
+  def _replica_step(self, batch, requests):
+    """One replica's share of a step; returns its outputs and the agreed requests.
+
+    The gradient is that of the global batch's mean loss plus the penalty, however the
+    examples are spread over replicas: each replica differentiates its sum of losses (plus
+    its share of the penalty), the sums are added over all replicas and divided by the
+    global number of examples. When a worker runs out of data before the others,
+    tf.distribute feeds its replicas empty batches until every worker has: those contribute
+    nothing (no forward pass, so no NaN batch statistics).
+    """
     variables = self.model.trainable_variables
-    with tf.GradientTape() as tape:
-      predictions = self.model(batch["video_matrix"], batch["num_frames"],
-                               training=True)["predictions"]
-      label_loss = self.loss.calculate_loss(predictions, batch["labels"])
-      reg_loss = self.model.regularization_loss()
-      total_loss = self.options.regularization_penalty * reg_loss + label_loss
-    gradients = tape.gradient(total_loss, variables)
-    context = tf.distribute.get_replica_context()
+    penalty = self.options.regularization_penalty
+    size = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
+
+    def local_sums():
+      with tf.GradientTape() as tape:
+        predictions = self.model(batch["video_matrix"], batch["num_frames"],
+                                 training=True)["predictions"]
+        label_sum = tf.cast(self.loss.calculate_loss(predictions, batch["labels"]),
+                            tf.float32) * size
+        total = label_sum + penalty * self.model.regularization_loss() * size
+      gradients = tape.gradient(total, variables,
+                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      return [tf.convert_to_tensor(g) for g in gradients], label_sum, predictions
+
+    def nothing():
+      predictions = tf.zeros([0, self.config.num_classes], self.model.output_dtype)
+      return [tf.zeros_like(v) for v in variables], tf.constant(0.0), predictions
+
+    gradients, label_sum, predictions = tf.cond(size > 0, local_sums, nothing)
+    reg_loss = self.model.regularization_loss()
     if self.replicas > 1:
-      # The clip applies to the gradient of the global batch, as on one device.
-      gradients = context.all_reduce(tf.distribute.ReduceOp.MEAN, gradients)
+      # One all-reduce carries the gradients, the loss, the example count and the
+      # save/stop requests of every worker (each replica's own copy of its worker's
+      # requests: a tensor shared by the replicas would not be reduced).
+      requests = tf.identity(requests)
+      gradients, label_sum, size, requests = tf.distribute.get_replica_context().all_reduce(
+          tf.distribute.ReduceOp.SUM, (gradients, label_sum, size, requests))
+    size = tf.maximum(size, 1.0)
+    # The clip applies to the gradient of the global batch, as on one device.
+    gradients = [g / size for g in gradients]
     if self.options.clip_gradient_norm > 0:
       gradients = [tf.clip_by_norm(g, self.options.clip_gradient_norm) for g in gradients]
     if self.replicas > 1:
       # Keras sums gradients over replicas once more inside apply_gradients.
       gradients = [g / self.replicas for g in gradients]
     self.optimizer.apply_gradients(zip(gradients, variables))
-    return dict(label_loss=label_loss, reg_loss=reg_loss, total_loss=total_loss,
-                predictions=predictions, labels=batch["labels"])
+    label_loss = label_sum / size
+    return dict(label_loss=label_loss, reg_loss=reg_loss,
+                total_loss=label_loss + penalty * reg_loss, predictions=predictions,
+                labels=batch["labels"], requests=requests)
 
   @tf.function
-  def train_step(self, batch):
-    outputs = self.strategy.run(self._replica_step, args=(batch,))
-    mean = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+  def train_step(self, batch, requests=(0, 0)):
+    """One step; `requests` = this worker's (save, stop) wishes as 0/1. Returns the losses
+    (global means), this worker's predictions and labels, and the requests summed over all
+    workers, so that every worker saves and stops at the same step (saving reads
+    batch-norm statistics with a collective op: all workers must take part)."""
+    requests = tf.cast(requests, tf.float32)
+    outputs = self.strategy.run(self._replica_step, args=(batch, requests))
+    first = lambda v: self.strategy.experimental_local_results(v)[0]
     gather = lambda v: tf.concat(self.strategy.experimental_local_results(v), axis=0)
-    return dict(label_loss=mean(outputs["label_loss"]), reg_loss=mean(outputs["reg_loss"]),
-                total_loss=mean(outputs["total_loss"]),
+    return dict(label_loss=first(outputs["label_loss"]), reg_loss=first(outputs["reg_loss"]),
+                total_loss=first(outputs["total_loss"]), requests=first(outputs["requests"]),
                 predictions=gather(outputs["predictions"]), labels=gather(outputs["labels"]))
 
   # -- checkpoints -----------------------------------------------------------------------
 
   def restore_or_initialize(self):
-    latest = self.manager.latest_checkpoint
+    # Every worker resumes from the chief's latest checkpoint (in train_dir), not from its
+    # own scratch directory, which starts empty.
+    latest = tf.train.latest_checkpoint(self.options.train_dir)
     if latest:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
       logging.info("resumed from %s (step %d)", latest, self.step)
@@ -344,6 +398,20 @@ class Trainer:
       checkpoint_import.initialize_from(self.model, self.options.init_from_checkpoint)
     else:
       logging.info("starting from scratch")
+    if num_workers(self.strategy) > 1:
+      self._check_all_workers_are_at_the_same_step()
+
+  def _check_all_workers_are_at_the_same_step(self):
+    """A worker that cannot read train_dir would start at step 0 while the others resume,
+    and the workers' collective ops would no longer match: fail clearly instead."""
+    local_step = lambda: tf.cast(self.optimizer.iterations, tf.float64)
+    total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(local_step),
+                                 axis=None)
+    if int(total) != self.step * self.replicas:
+      raise utils.InputError(
+          "the workers start from different steps (this one from %d): every worker must "
+          "read the chief's checkpoints in --train_dir=%s (use storage all of them see)"
+          % (self.step, self.options.train_dir))
 
   def save(self, reason: str):
     used = calibrate_batch_norm(self.model, self.calibration_batches(),
@@ -354,12 +422,14 @@ class Trainer:
     return path
 
   def export(self):
-    if not self.chief:
-      return
     import export_model  # only needed for exports
-    export_dir = os.path.join(self.options.train_dir, "export", "step_%d" % self.step)
+    # Every worker exports, as every worker saves (reading the batch-norm statistics is a
+    # collective op under MultiWorkerMirroredStrategy); only the chief's copy is kept.
+    root = self.options.train_dir if self.chief else self.checkpoint_dir
+    export_dir = os.path.join(root, "export", "step_%d" % self.step)
     export_model.export_saved_model(self.model, self.config, export_dir)
-    logging.info("exported SavedModel to %s", export_dir)
+    if self.chief:
+      logging.info("exported SavedModel to %s", export_dir)
 
   # -- loop ------------------------------------------------------------------------------
 
@@ -403,6 +473,14 @@ class Trainer:
     if self.chief:
       tf.io.gfile.makedirs(o.train_dir)
       script_flags.save_config(o.train_dir, self.config)
+    try:
+      self._restore_and_train()
+    finally:
+      if not self.chief:
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+  def _restore_and_train(self):
+    o = self.options
     self.restore_or_initialize()
     if o.max_steps is not None and self.step >= o.max_steps:
       logging.info("step %d already reached --max_steps=%d: nothing to do", self.step,
@@ -415,7 +493,12 @@ class Trainer:
     reason = "epoch limit reached"
     try:
       for batch in self.distributed_dataset():
-        outputs = self.train_step(batch)
+        # Time- and signal-driven decisions are this worker's; the step sums them over all
+        # workers so that all save or stop together.
+        requests = [float(self._should_save(self.step + 1, last_save_time, last_save_step)),
+                    float(self.stop_requested)]
+        outputs = self.train_step(batch, tf.constant(requests, tf.float32))
+        save_requested, stop_requested = outputs["requests"].numpy() > 0
         step = self.step
         if not np.isfinite(float(outputs["total_loss"])):
           raise FloatingPointError(
@@ -426,10 +509,10 @@ class Trainer:
         if o.max_steps is not None and step >= o.max_steps:
           reason = "reached --max_steps"
           break
-        if self.stop_requested:
+        if stop_requested:
           reason = "stopped by signal"
           break
-        if self._should_save(step, last_save_time, last_save_step):
+        if save_requested:
           self.save("periodic")
           last_save_time, last_save_step = time.time(), step
         if o.export_model_steps > 0 and step - last_export_step >= o.export_model_steps:
@@ -444,6 +527,4 @@ class Trainer:
     if reason != "stopped by signal" and o.export_model_steps > 0:
       self.export()
     self.writer.flush()
-    if not self.chief:
-      shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
     logging.info("training finished at step %d (%s)", self.step, reason)
