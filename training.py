@@ -308,9 +308,12 @@ class Trainer:
         shard_index=index, drop_remainder=self.replicas > 1)
 
   def distributed_dataset(self):
+    # Only the tensors the step uses: an XLA-compiled step cannot take the string ids.
+    def step_inputs(batch):
+      return {k: batch[k] for k in ("video_matrix", "num_frames", "labels")}
     return self.strategy.distribute_datasets_from_function(
         lambda ctx: self._dataset(ctx, num_epochs=self.options.num_epochs,
-                                  seed=self.options.seed))
+                                  seed=self.options.seed).map(step_inputs))
 
   def calibration_batches(self):
     seed = None if self.options.seed is None else self.options.seed + 1
