@@ -56,7 +56,7 @@ def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_n
                    step, batch_metrics["hit_at_one"], batch_metrics["perr"],
                    batch_metrics["loss"], rate)
   except tf.errors.OpError as e:
-    raise readers.describe_data_error(e)
+    raise readers.describe_data_error(e, data_pattern)
   if examples == 0:
     raise utils.InputError("%s: no records to evaluate" % data_pattern)
   results = metrics.get()

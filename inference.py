@@ -87,8 +87,7 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
   reader = config.reader()
   dataset = readers.get_input_dataset(
       reader, data_pattern, batch_size, num_readers=num_readers, shuffle=False, num_epochs=1,
-      num_shards=num_tasks, shard_index=task_index, **(
-          {"skip_corrupt_records": True} if skip_corrupt_records else {}))
+      num_shards=num_tasks, shard_index=task_index, skip_corrupt_records=skip_corrupt_records)
   predict = make_predict_fn(model, top_k)
   start, count = time.time(), 0
   with utils.atomic_output(output_file) as out:
@@ -101,7 +100,7 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
         elapsed = time.time() - start
         logging.info("%d videos written | %.1f videos/s", count, count / max(elapsed, 1e-9))
     except tf.errors.OpError as e:
-      raise readers.describe_data_error(e)
+      raise readers.describe_data_error(e, data_pattern)
   logging.info("wrote %s: %d videos in %.1f s", output_file, count, time.time() - start)
   return count
 

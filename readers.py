@@ -28,9 +28,12 @@ every batch, which sped decoding up by roughly 1.5-2x on a 2-core machine.
 import ast
 import numbers
 import re
+import struct
+import time
 from typing import List, Optional, Tuple
 
 import tensorflow as tf
+from absl import logging
 
 import utils
 
@@ -124,14 +127,31 @@ def _assert_records(all_ok, record, names, video_ids, problem):
   return tf.debugging.Assert(all_ok, [text])
 
 
-def _pick_video_ids(context):
-  """Per record, the non-empty one of `id` / `video_id` (both parse as '' when absent)."""
-  new_ids, old_ids = context[ID_KEYS[0]], context[ID_KEYS[1]]
-  return tf.where(tf.strings.length(new_ids) > 0, new_ids, old_ids)
+def _pick_video_ids(context, names):
+  """Per record, the non-empty one of `id` / `video_id` ('' when absent), and the check that
+  neither holds more than one value.
+
+  The ids are parsed as ragged lists: as fixed-length features, a record with two ids fails
+  inside the batch parser with a message that names no file.
+  """
+  firsts, checks = [], []
+  for key in ID_KEYS:
+    values = context[key]
+    firsts.append(values.to_tensor(default_value="", shape=[None, 1])[:, 0])
+    counts = tf.cast(values.row_lengths(), tf.int32)
+    several = counts > 1
+    record = _first_true(several)
+    problem = tf.strings.join(["context feature %s has " % key,
+                               tf.strings.as_string(_at(counts, record, 0)),
+                               " values, expected one"])
+    checks.append(_assert_records(tf.logical_not(tf.reduce_any(several)), record, names,
+                                  firsts[-1], problem))
+  new_ids, old_ids = firsts
+  return tf.where(tf.strings.length(new_ids) > 0, new_ids, old_ids), checks
 
 
 def _context_spec(extra=None):
-  spec = {key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in ID_KEYS}
+  spec = {key: tf.io.RaggedFeature(tf.string) for key in ID_KEYS}
   spec[LABELS_KEY] = tf.io.RaggedFeature(tf.int64)
   spec.update(extra or {})
   return spec
@@ -217,9 +237,9 @@ class YT8MFrameFeatureReader(BaseReader):
         sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string)
                            for name in self.feature_names},
         example_names=names)
-    video_ids = _pick_video_ids(context)
+    video_ids, checks = _pick_video_ids(context, names)
 
-    checks, quantized, counts = [], [], []
+    quantized, counts = [], []
     for name, size in zip(self.feature_names, self.feature_sizes):
       frames = frame_lists[name]
       count = tf.cast(frame_counts[name], tf.int32)
@@ -309,12 +329,13 @@ class YT8MAggregatedFeatureReader(BaseReader):
     features = {name: tf.io.RaggedFeature(tf.float32) for name in self.feature_names}
     context, _, _ = tf.io.parse_sequence_example(
         serialized, context_features=_context_spec(features), example_names=names)
-    video_ids = _pick_video_ids(context)
+    video_ids, checks = _pick_video_ids(context, names)
 
-    checks, columns = [], []
+    columns = []
     for name, size in zip(self.feature_names, self.feature_sizes):
       values = context[name]
       checks.append(self._check_feature_size(values, name, size, names, video_ids))
+      checks.append(self._check_finite(values, name, names, video_ids))
       columns.append(values)
     labels = _labels_to_multi_hot(context[LABELS_KEY], self.num_classes, names, video_ids)
     with tf.control_dependencies(checks):
@@ -344,6 +365,14 @@ class YT8MAggregatedFeatureReader(BaseReader):
         "--frame_features)" % name)
     return _assert_records(tf.logical_not(tf.reduce_any(wrong)), record, names, video_ids,
                            problem)
+
+  @staticmethod
+  def _check_finite(values, name, names, video_ids):
+    """NaN or Inf in a feature is a corrupt record, not a video (it would make the loss
+    NaN, or every score of the video NaN)."""
+    bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(values), axis=1))
+    return _assert_records(tf.logical_not(tf.reduce_any(bad)), _first_true(bad), names,
+                           video_ids, "feature %s holds NaN or Inf" % name)
 
 
 def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes=4716,
@@ -402,7 +431,8 @@ def _default_shuffle_buffer(batch_size: int) -> int:
 
 def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, num_readers=8,
                       shuffle=False, num_epochs=None, seed=None, num_shards=1, shard_index=0,
-                      drop_remainder=False, shuffle_buffer_size=None) -> tf.data.Dataset:
+                      drop_remainder=False, shuffle_buffer_size=None,
+                      skip_corrupt_records=False) -> tf.data.Dataset:
   """The tf.data pipeline of train, eval and inference: files -> records -> decoded batches.
 
   Without shuffling the order is deterministic: file order (sorted names), then record order
@@ -427,6 +457,11 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
     drop_remainder: drop the last partial batch (each epoch boundary is not a batch boundary:
       batches span epochs).
     shuffle_buffer_size: records in the shuffle buffer (default max(5 * batch_size, 1000)).
+    skip_corrupt_records: drop what cannot be read instead of failing: each record that fails
+      to decode, and the rest of a file after a truncated or corrupted record (TFRecord
+      framing has no resynchronization point). Records are then decoded one at a time (slower)
+      and, once the pipeline is exhausted, one log line says how many records and files were
+      skipped. Needs a finite num_epochs.
 
   Returns:
     A dataset of reader output dicts (see the module docstring).
@@ -441,6 +476,8 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
     raise utils.InputError("shard_index must be in [0, %d), got %r" % (num_shards, shard_index))
   if num_epochs is not None:
     num_epochs = _positive_int(num_epochs, "num_epochs")
+  elif skip_corrupt_records:
+    raise utils.InputError("skip_corrupt_records needs a finite num_epochs")
   files = match_files(data_pattern)
 
   shard_by_file = len(files) >= num_shards
@@ -452,8 +489,9 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
   file_names = tf.data.Dataset.from_tensor_slices(files)
   if shuffle and shard_by_file:
     file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  skipped = _SkippedRecords(files, num_epochs) if skip_corrupt_records else None
   records = file_names.interleave(
-      _records_with_source,
+      skipped.records_of_file if skipped else _records_with_source,
       cycle_length=min(num_readers, len(files)),
       # Shuffled: one record per file in turn. Otherwise each file is read to its end before
       # the next one is emitted (file order, then record order) while later files prefetch.
@@ -466,6 +504,11 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
     records = records.shuffle(shuffle_buffer_size or _default_shuffle_buffer(batch_size),
                               seed=seed, reshuffle_each_iteration=True)
   records = records.repeat(num_epochs)
+  if skipped:
+    decoded = skipped.decode_each(records, reader, deterministic).batch(
+        batch_size, drop_remainder=drop_remainder)
+    decoded = skipped.report_when_exhausted(decoded)
+    return decoded.prefetch(tf.data.AUTOTUNE)
   batches = records.batch(batch_size, drop_remainder=drop_remainder)
   decoded = batches.map(
       lambda serialized, source: reader.prepare_serialized_examples(serialized, source=source),
@@ -478,9 +521,129 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
 _WHOLE_FILE = 1 << 40
 
 
+# Bytes of a TFRecord around its data: uint64 length, uint32 CRC of the length, uint32 CRC of
+# the data.
+_RECORD_FRAMING_BYTES = 16
+
+
 def _records_with_source(file_name):
-  """(serialized record, file name) pairs of one TFRecord file."""
-  return tf.data.TFRecordDataset(file_name).map(lambda record: (record, file_name))
+  """(serialized record, file name) pairs of one TFRecord file.
+
+  TensorFlow takes a file that ends inside a record's 12-byte header for a clean end of file,
+  which would silently drop the rest of a truncated file: the bytes read are counted and,
+  after the last record, compared with the file's size. The count runs over small batches of
+  records (per record, tf.data's scan would halve the throughput of video-level records).
+  """
+  batches = tf.data.TFRecordDataset(file_name).batch(_COUNTED_RECORDS).map(
+      lambda records: (records, False, tf.constant(0, tf.int64)))
+  end = tf.data.Dataset.from_tensors(file_name).map(
+      lambda name: (tf.zeros([0], tf.string), True, tf.py_function(_file_size, [name], tf.int64)))
+
+  def check_at_end(state, element):
+    bytes_read, count = state
+    records, is_end, size = element
+    problem = tf.strings.join([
+        file_name, ": not a valid TFRecord file: truncated record at byte ",
+        tf.strings.as_string(bytes_read), " (record ", tf.strings.as_string(count),
+        " of the file; the file ends inside its header)"])
+    check = tf.debugging.Assert(tf.logical_or(tf.logical_not(is_end), bytes_read >= size),
+                                [problem])
+    with tf.control_dependencies([check]):
+      added = tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) +
+                            _RECORD_FRAMING_BYTES)
+      state = (bytes_read + added, count + tf.cast(tf.size(records), tf.int64))
+      return state, (records, tf.fill(tf.shape(records), file_name))
+
+  return batches.concatenate(end).scan(
+      (tf.constant(0, tf.int64), tf.constant(0, tf.int64)), check_at_end).unbatch()
+
+
+# Records counted at a time by _records_with_source (a few MB of frame-level records).
+_COUNTED_RECORDS = 16
+
+
+def _file_size(name) -> int:
+  return tf.io.gfile.stat(name.numpy().decode("utf-8")).length
+
+
+class _SkippedRecords:
+  """The --skip_corrupt_records side of get_input_dataset: drops what cannot be read, counts it
+  and logs the count when the pipeline is exhausted.
+
+  Records that fail to decode are counted as records read minus records decoded. A file cut
+  short by a truncated or corrupted record is found by comparing the bytes read from it with
+  its size (its unreadable rest holds an unknown number of records).
+  """
+
+  def __init__(self, files: List[str], num_epochs: int):
+    self.files, self.num_epochs = files, num_epochs
+    self.records_read = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.records_decoded = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.bytes_read = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, 0)
+
+  def records_of_file(self, file_name):
+    """(record, file name) pairs of one file, ending quietly at its first unreadable record."""
+    def count_bytes(record):
+      key = file_name[tf.newaxis]
+      size = tf.strings.length(record)[tf.newaxis]
+      update = self.bytes_read.insert(
+          key, self.bytes_read.lookup(key) + tf.cast(size, tf.int64) + _RECORD_FRAMING_BYTES)
+      with tf.control_dependencies([update]):
+        return tf.identity(record), file_name
+    return tf.data.TFRecordDataset(file_name).map(count_bytes).ignore_errors(log_warning=True)
+
+  def decode_each(self, records, reader, deterministic):
+    """Decodes record by record so that a bad record costs only itself, not its batch."""
+    def decode(serialized, source):
+      # Counted here, after any sharding, so that read - decoded is what this pipeline dropped.
+      with tf.control_dependencies([self.records_read.assign_add(1)]):
+        serialized = tf.identity(serialized)
+      return reader.prepare_serialized_examples(serialized[tf.newaxis], source[tf.newaxis])
+
+    def count(decoded):
+      with tf.control_dependencies([self.records_decoded.assign_add(1)]):
+        return tf.nest.map_structure(tf.identity, decoded)
+
+    decoded = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic).ignore_errors(log_warning=True)
+    return decoded.unbatch().map(count)
+
+  def report_when_exhausted(self, dataset):
+    """dataset, then an empty tail whose only effect is to log the counts."""
+    def log_counts(element):
+      logged = tf.py_function(self._log_counts, [], Tout=tf.int64)
+      with tf.control_dependencies([logged]):
+        return tf.nest.map_structure(tf.identity, element)
+    placeholder = tf.nest.map_structure(
+        lambda spec: tf.zeros([d if d is not None else 0 for d in spec.shape], spec.dtype),
+        dataset.element_spec)
+    tail = tf.data.Dataset.from_tensors(placeholder).map(log_counts).filter(
+        lambda _: tf.constant(False))
+    return dataset.concatenate(tail)
+
+  def counts(self):
+    """(records that failed to decode, [files whose end could not be read])."""
+    undecoded = int(self.records_read.numpy()) - int(self.records_decoded.numpy())
+    cut_short = []
+    for path in self.files:
+      read = int(self.bytes_read.lookup(tf.constant([path]))[0])
+      if read < self.num_epochs * tf.io.gfile.stat(path).length:
+        cut_short.append(path)
+    return undecoded, cut_short
+
+  def _log_counts(self):
+    undecoded, cut_short = self.counts()
+    if undecoded or cut_short:
+      skipped = ["%d record(s) that could not be decoded" % undecoded] if undecoded else []
+      if cut_short:
+        skipped.append("the unreadable rest of %d file(s) (%s%s)" % (
+            len(cut_short), ", ".join(cut_short[:5]), ", ..." if len(cut_short) > 5 else ""))
+      logging.warning("--skip_corrupt_records: skipped %s; %d record(s) decoded",
+                      " and ".join(skipped), int(self.records_decoded.numpy()))
+    else:
+      logging.info("--skip_corrupt_records: nothing skipped; %d record(s) decoded",
+                   int(self.records_decoded.numpy()))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,8 +657,13 @@ _MISSING_FEATURE_LIST = re.compile(
     r"Name: (?P<name>.*?), Feature list '(?P<feature>[^']*)' is required but could not be found")
 _UNPARSABLE = re.compile(r"Invalid protocol message input, example id: (?P<name>[^\n]*?)"
                          r"(?:\s*\[\[|\s*\[Op:|\n|$)")
+_IN_EXAMPLE = re.compile(r"(?P<problem>[^{}\n]*?) in example (?P<name>[^\n]*?)"
+                         r"(?:\s*\[\[|\s*\[Op:|\n|$)")
+# Parser errors caused by a corrupt record that TensorFlow reports without the record's name.
+_UNNAMED_PARSE_ERROR = re.compile(r"(Unexpected total number of elements in feature \S+|"
+                                  r"Inconsistent max number of elements for feature [^\n\[]*)")
 _NAMED = re.compile(r"Name: (?P<name>.*?), (?P<problem>[^\n]*?)(?:\s*\[\[|\s*\[Op:|\n|$)")
-_BAD_RECORD_FILE = re.compile(r"(?P<problem>(?:truncated|corrupted) record at \d+)")
+_BAD_RECORD_FILE = re.compile(r"(?P<problem>(?:truncated|corrupted) record at (?P<offset>\d+))")
 _CLUTTER = [
     re.compile(r"\{\{function_node [^}]*\}\}\s*"),
     re.compile(r"\[\[\{\{[^\]]*\]\]"),
@@ -507,9 +675,91 @@ _CLUTTER = [
 ]
 
 
+def _matching_files(data_pattern: str) -> List[str]:
+  try:
+    return match_files(data_pattern)
+  except utils.InputError:
+    return []
+
+
+def _crc32c_table() -> List[int]:
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    table.append(crc)
+  return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+  """The checksum TFRecord files store: CRC-32C (Castagnoli), rotated and offset ("masked")."""
+  crc, table = 0xFFFFFFFF, _CRC32C_TABLE
+  for byte in data:
+    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _bad_record_index(path: str, offset: int) -> Optional[int]:
+  """Index of the record of `path` that TensorFlow's "record at <offset>" refers to (the offset
+  of its header, or of its data after a data checksum failure) if that record is truncated or
+  fails a checksum, else None (no record starts there, or the record there is sound)."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    size = f.size()
+    if offset >= size:
+      return None
+    index, position = 0, 0
+    while position + 12 < offset:   # hop over the records before it, reading only lengths
+      f.seek(position)
+      header = f.read(12)
+      if len(header) < 12:
+        return None
+      position += struct.unpack("<Q", header[:8])[0] + _RECORD_FRAMING_BYTES
+      index += 1
+    if position not in (offset, offset - 12):
+      return None
+    f.seek(position)
+    header = f.read(12)
+    if len(header) < 12:
+      return index
+    length, length_crc = struct.unpack("<QI", header)
+    if masked_crc32c(header[:8]) != length_crc or position + length + _RECORD_FRAMING_BYTES > size:
+      return index
+    data = f.read(length)
+    data_crc = struct.unpack("<I", f.read(4))[0]
+    return index if masked_crc32c(data) != data_crc else None
+
+
+def locate_bad_record(files: List[str], offset: int,
+                      max_seconds: float = 20.0) -> Optional[Tuple[str, int]]:
+  """(file, record index) of the first of `files` whose record at byte `offset` is truncated or
+  corrupted, or None if none is found (the search gives up after max_seconds: it reads record
+  headers up to `offset` in every file, which on a huge remote data set can take long)."""
+  deadline = time.time() + max_seconds
+  for path in files:
+    if time.time() > deadline:
+      return None
+    try:
+      index = _bad_record_index(path, offset)
+    except (tf.errors.OpError, OSError):
+      continue
+    if index is not None:
+      return path, index
+  return None
+
+
 def _unescape(text: str) -> str:
   """Undoes the C escaping tf.debugging.Assert applies to string data."""
   return re.sub(r"\\(['\"\\])", r"\1", text).replace("\\n", " ")
+
+
+def error_message(exc) -> str:
+  """The first meaningful line of an exception's message, without TensorFlow's op clutter."""
+  return _first_line(exc)
 
 
 def _first_line(exc) -> str:
@@ -553,9 +803,25 @@ def describe_data_error(exc: Exception, data_pattern: Optional[str] = None) -> u
   match = _NAMED.search(text)
   if match:
     return utils.InputError("%s: %s" % (match.group("name"), match.group("problem").strip()))
+  match = _IN_EXAMPLE.search(text)
+  if match:
+    return utils.InputError("%s: a record cannot be parsed (%s)" % (
+        match.group("name"), match.group("problem").strip()))
   where = ("a file matching %s" % data_pattern) if data_pattern else "a record file"
+  match = _UNNAMED_PARSE_ERROR.search(text)
+  if match:
+    return utils.InputError("%s holds a record that cannot be parsed (%s)" % (
+        where, match.group(1).strip()))
   match = _BAD_RECORD_FILE.search(text)
   if match:
+    # TensorFlow names only the byte offset: find the file (and record) it refers to.
+    offset = int(match.group("offset"))
+    found = locate_bad_record(_matching_files(data_pattern), offset) if data_pattern else None
+    if found:
+      path, index = found
+      return utils.InputError(
+          "%s: not a valid TFRecord file: %s record at byte %d (record %d of the file; reading "
+          "%s)" % (path, match.group("problem").split()[0], offset, index, data_pattern))
     return utils.InputError("%s is not a valid TFRecord file (%s)" % (where, match.group("problem")))
   message = _first_line(exc)
   if data_pattern:

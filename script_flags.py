@@ -251,18 +251,38 @@ def load_saved_config(train_dir: str) -> Optional[models.ModelConfig]:
     return None
   try:
     with tf.io.gfile.GFile(path) as f:
-      return models.ModelConfig.from_json(f.read())
-  except (ValueError, TypeError) as e:
+      config = models.ModelConfig.from_json(f.read())
+  except (ValueError, TypeError, AttributeError) as e:
     raise utils.InputError("%s: unreadable model configuration (%s)" % (path, e))
+  try:
+    models.get_model_class(config.model)
+  except utils.InputError as e:
+    raise utils.InputError("%s: %s" % (path, e))
+  return config
 
 
 def save_config(train_dir: str, config: models.ModelConfig):
   utils.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
 
 
+# Model flags that describe the data rather than the architecture: a trained model reads only
+# the features (and vocabulary) it was trained on.
+DATA_FIELDS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
+
+
 def reconcile_config(saved: models.ModelConfig, requested: models.ModelConfig,
                      explicit: Sequence[str], train_dir: str) -> models.ModelConfig:
-  """The saved configuration wins; explicit flags that disagree get one warning line."""
+  """The saved configuration wins; explicit flags that disagree get one warning line, except
+  flags describing the data (DATA_FIELDS), for which a disagreement cannot work: an error."""
+  contradicting = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
+                                             _flag_text(getattr(saved, name)))
+                   for name in explicit
+                   if name in DATA_FIELDS and getattr(saved, name) != getattr(requested, name)]
+  if contradicting:
+    raise utils.InputError(
+        "%s contradicts the model configuration saved in %s: a trained model reads only the "
+        "data it was trained on; drop the flag or use another --train_dir"
+        % (", ".join(contradicting), train_dir))
   differing = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
                                          _flag_text(getattr(saved, name)))
                for name in explicit if getattr(saved, name) != getattr(requested, name)]

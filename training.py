@@ -232,6 +232,36 @@ def format_duration(seconds) -> str:
 # ----------------------------------------------------------------------------------------
 # The trainer.
 
+def make_train_dir(train_dir: str):
+  """Creates train_dir; a path that cannot be a directory is a one-line error."""
+  try:
+    tf.io.gfile.makedirs(train_dir)
+  except (tf.errors.OpError, OSError) as e:
+    raise utils.InputError("cannot create --train_dir=%s: %s" % (train_dir,
+                                                                readers.error_message(e)))
+
+
+# What a save killed half-way leaves in train_dir (TensorFlow writes the data under
+# <prefix>_temp and renames it, then writes the state file `checkpoint` via a temporary;
+# utils.atomic_output writes model_config.json via .model_config.json.*.tmp). None of it is
+# ever read: resuming follows the state file.
+_INTERRUPTED_SAVE_PATTERNS = ("model.ckpt-*_temp", "checkpoint.tmp*", "*.tempstate*",
+                              ".model_config.json.*.tmp")
+
+
+def remove_interrupted_saves(train_dir: str):
+  leftovers = [path for pattern in _INTERRUPTED_SAVE_PATTERNS
+               for path in tf.io.gfile.glob(os.path.join(train_dir, pattern))]
+  for path in leftovers:
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    else:
+      tf.io.gfile.remove(path)
+  if leftovers:
+    logging.warning("removed what an interrupted save left in %s: %s", train_dir,
+                    ", ".join(os.path.basename(p) for p in sorted(leftovers)))
+
+
 class Trainer:
   """Builds the model under the strategy, restores or initializes, and runs the loop."""
 
@@ -257,8 +287,11 @@ class Trainer:
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self.checkpoint_dir, max_to_keep=options.keep_checkpoints or None,
         checkpoint_name="model.ckpt", step_counter=self.optimizer.iterations)
+    if self.chief:
+      make_train_dir(options.train_dir)
     self.writer = (tf.summary.create_file_writer(options.train_dir) if self.chief
                    else tf.summary.create_noop_writer())
+    self._calibration_batches = None  # built at the first save
     self._set_compute_dtype()
     self._compile_train_step()
 
@@ -392,10 +425,13 @@ class Trainer:
   def restore_or_initialize(self):
     # Every worker resumes from the chief's latest checkpoint (in train_dir), not from its
     # own scratch directory, which starts empty.
+    if self.chief:
+      remove_interrupted_saves(self.options.train_dir)
     latest = tf.train.latest_checkpoint(self.options.train_dir)
     if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
-      logging.info("resumed from %s (step %d)", latest, self.step)
+      latest = self._restore_newest_readable(latest)
+      logging.info("resumed from %s (step %d, learning rate %g)", latest, self.step,
+                   float(self.optimizer.learning_rate))
     elif self.options.init_from_checkpoint:
       import checkpoint_import  # only needed for this path
       checkpoint_import.initialize_from(self.model, self.options.init_from_checkpoint)
@@ -416,13 +452,52 @@ class Trainer:
           "read the chief's checkpoints in --train_dir=%s (use storage all of them see)"
           % (self.step, self.options.train_dir))
 
+  def _restore_newest_readable(self, latest: str) -> str:
+    """Restores `latest` or, if it cannot be read back (damaged after it was written: our
+    saves are never left half-written), the newest earlier checkpoint that can be."""
+    state = tf.train.get_checkpoint_state(self.options.train_dir)
+    older = [p for p in reversed(list(state.all_model_checkpoint_paths)) if p != latest]
+    for path in [latest] + older:
+      try:
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        return path
+      except (tf.errors.OpError, AssertionError, ValueError) as e:
+        logging.warning("cannot resume from %s (%s); trying the checkpoint before it", path,
+                        readers.error_message(e).split(". ")[0])
+    raise utils.InputError("no checkpoint in --train_dir=%s can be read back; start over with "
+                           "--start_new_model" % self.options.train_dir)
+
   def save(self, reason: str):
-    used = calibrate_batch_norm(self.model, self.calibration_batches(),
-                                self.options.bn_calibration_batches)
-    path = self.manager.save(checkpoint_number=self.step)
+    used = 0
+    if self.options.bn_calibration_batches > 0 and model_blocks_has_batch_norm(self.model):
+      if self._calibration_batches is None:  # tracing a pipeline takes seconds: build it once
+        self._calibration_batches = self.calibration_batches()
+      used = calibrate_batch_norm(self.model, self._calibration_batches,
+                                  self.options.bn_calibration_batches)
+    self._check_weights_are_finite()
+    try:
+      path = self.manager.save(checkpoint_number=self.step)
+    except (tf.errors.OpError, OSError) as e:
+      raise utils.InputError(
+          "cannot save the checkpoint of step %d in %s: %s; the latest complete checkpoint is "
+          "%s" % (self.step, self.checkpoint_dir, readers.error_message(e),
+                  tf.train.latest_checkpoint(self.checkpoint_dir)))
     logging.info("saved %s (%s%s)", path if self.chief else "worker checkpoint", reason,
                  ", batch-norm statistics over %d batches" % used if used else "")
     return path
+
+  def _check_weights_are_finite(self):
+    """NaN or Inf must never reach a checkpoint, where every resume would load it. The loss
+    check in the loop sees the weights before a step's update; this sees them after it.
+    (Batch-norm statistics are left out: computed from these weights and finite inputs, and
+    reading them would be a collective op across workers.)"""
+    for variable in list(self.model.trainable_variables) + list(self.optimizer.variables):
+      floating = tf.as_dtype(variable.dtype).is_floating  # Keras 3 dtypes are strings
+      if floating and not bool(tf.reduce_all(tf.math.is_finite(variable))):
+        raise FloatingPointError(
+            "training stopped at step %d: %s holds NaN or Inf after the step's update; not "
+            "saved; the last checkpoint in %s is intact" % (self.step, variable.name,
+                                                           self.options.train_dir))
 
   def export(self):
     import export_model  # only needed for exports
@@ -521,12 +596,13 @@ class Trainer:
         if o.export_model_steps > 0 and step - last_export_step >= o.export_model_steps:
           self.export()
           last_export_step = step
+      # Still under the signal handlers, so that a SIGTERM now cannot cut the save short.
+      self.save(reason)
     except tf.errors.OpError as e:
-      raise readers.describe_data_error(e)
+      raise readers.describe_data_error(e, o.data_pattern)
     finally:
       for s, handler in previous_handlers.items():
         signal.signal(s, handler)
-    self.save(reason)
     if reason != "stopped by signal" and o.export_model_steps > 0:
       self.export()
     self.writer.flush()

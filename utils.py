@@ -1,5 +1,6 @@
 """Small helpers shared by the readers, the models and the scripts."""
 import contextlib
+import errno
 import numbers
 import os
 import tempfile
@@ -221,6 +222,8 @@ def atomic_output(path: str, mode: str = "w"):
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
     raise InputError("cannot write %s: directory %s does not exist" % (path, directory))
+  if os.path.isdir(path):
+    raise InputError("cannot write %s: it is a directory" % path)
   try:
     fd, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
                                      suffix=".tmp", dir=directory)
@@ -230,10 +233,17 @@ def atomic_output(path: str, mode: str = "w"):
     with os.fdopen(fd, mode) as f:
       yield f
     os.replace(temporary, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(temporary):
       os.unlink(temporary)
+    # A full disk, a file-size limit or a read-only file system is the user's to fix: one line.
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+      raise InputError("cannot write %s: %s (it was left unchanged)" % (path, e.strerror or e))
     raise
+
+
+# Errors only a write can raise (so one in the block is about this file, not a file it reads).
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 
 
 def atomic_write_text(path: str, text: str):
