@@ -77,12 +77,7 @@ def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_n
 
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
-  if not FLAGS.eval_data_pattern:
-    raise utils.InputError("--eval_data_pattern is empty")
-  if FLAGS.batch_size <= 0:
-    raise utils.InputError("--batch_size must be positive, got %d" % FLAGS.batch_size)
-  if FLAGS.top_k <= 0:
-    raise utils.InputError("--top_k must be positive, got %d" % FLAGS.top_k)
+  script_flags.require_flags(nonempty=["eval_data_pattern"], positive=["batch_size", "top_k"])
   readers.match_files(FLAGS.eval_data_pattern)
   requested = script_flags.model_config_from_flags()
   explicit = script_flags.explicit_model_flags()

@@ -119,8 +119,7 @@ def merge_parts(output_file: str, parts):
 
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
-  if not FLAGS.output_file:
-    raise utils.InputError("--output_file is empty")
+  script_flags.require_flags(nonempty=["output_file"])
   if FLAGS.merge_parts:
     parts = sorted(glob.glob(FLAGS.output_file + ".part-*-of-*"))
     if not parts:
@@ -128,12 +127,7 @@ def main(unused_argv):
     merge_parts(FLAGS.output_file, parts)
     logging.info("merged %d parts into %s", len(parts), FLAGS.output_file)
     return
-  if not FLAGS.input_data_pattern:
-    raise utils.InputError("--input_data_pattern is empty")
-  if FLAGS.batch_size <= 0:
-    raise utils.InputError("--batch_size must be positive, got %d" % FLAGS.batch_size)
-  if FLAGS.top_k <= 0:
-    raise utils.InputError("--top_k must be positive, got %d" % FLAGS.top_k)
+  script_flags.require_flags(nonempty=["input_data_pattern"], positive=["batch_size", "top_k"])
   readers.match_files(FLAGS.input_data_pattern)
   model, config, _ = checkpoint_utils.load_trained_model(
       FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),

@@ -225,6 +225,17 @@ def run(main):
   app.run(guarded_main, flags_parser=parse_flags)
 
 
+def require_flags(nonempty=(), positive=(), fv=None):
+  """One-line errors for string flags left empty and numeric flags that are not positive."""
+  fv = FLAGS if fv is None else fv
+  for name in nonempty:
+    if not fv[name].value:
+      raise utils.InputError("--%s is empty" % name)
+  for name in positive:
+    if fv[name].value <= 0:
+      raise utils.InputError("--%s must be positive, got %s" % (name, fv[name].value))
+
+
 def model_config_from_flags(fv=None) -> models.ModelConfig:
   fv = FLAGS if fv is None else fv
   names, sizes = utils.parse_feature_list(fv.feature_names, fv.feature_sizes)

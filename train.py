@@ -21,7 +21,6 @@ from absl import logging
 import readers
 import script_flags
 import training
-import utils
 
 FLAGS = flags.FLAGS
 
@@ -49,10 +48,7 @@ def main(unused_argv):
   if FLAGS.seed is not None:
     tf.random.set_seed(FLAGS.seed)
     np.random.seed(FLAGS.seed)
-  if FLAGS.batch_size <= 0:
-    raise utils.InputError("--batch_size must be positive, got %d" % FLAGS.batch_size)
-  if not FLAGS.train_data_pattern:
-    raise utils.InputError("--train_data_pattern is empty")
+  script_flags.require_flags(nonempty=["train_data_pattern"], positive=["batch_size"])
   readers.match_files(FLAGS.train_data_pattern)  # an empty glob is an error before any work
   strategy = training.choose_strategy(FLAGS.distribution_strategy)
   is_chief = training.is_chief(strategy)
