@@ -221,9 +221,26 @@ def _load_mapped(model: tf.Module, path: str, mapping: VariableMap, keys: Dict[s
         "--lightvlad, ...) the ones it was trained with?" % (
             path, flavour, type(model).__name__, "; ".join(problems)))
   for name, (variable, convert) in mapping.items():
-    value = convert(reader.get_tensor(keys[name]))
-    variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))
+    _assign_in_slices(variable, convert(reader.get_tensor(keys[name])))
   return len(mapping)
+
+
+# Largest slice converted and assigned at once: a 285M-parameter hidden layer restored into
+# float64 variables would otherwise hold float64 and tensor copies of the whole matrix.
+_ASSIGN_SLICE_BYTES = 64 << 20
+
+
+def _assign_in_slices(variable: tf.Variable, value: np.ndarray):
+  """variable.assign(value) in variable's dtype, converting one slice of rows at a time."""
+  dtype = variable.dtype.as_numpy_dtype
+  value = np.asarray(value)
+  row_bytes = value[0].size * np.dtype(dtype).itemsize if value.ndim else 0
+  if value.ndim == 0 or value.shape[0] * row_bytes <= _ASSIGN_SLICE_BYTES:
+    variable.assign(value.astype(dtype, copy=False))
+    return
+  rows = max(1, _ASSIGN_SLICE_BYTES // row_bytes)
+  for start in range(0, value.shape[0], rows):
+    variable[start:start + rows].assign(value[start:start + rows].astype(dtype, copy=False))
 
 
 def _open(path: str):

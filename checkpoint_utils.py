@@ -84,7 +84,7 @@ def load_trained_model(train_dir: str, check_point: int, requested: models.Model
     raise InputError("train_dir %s holds no checkpoint" % train_dir)
   config, _ = resolve_model_config(train_dir, requested, explicit)
   dtype = _PRECISIONS[precision]
-  with model_blocks.variables_in(dtype):
+  with model_blocks.variables_for_restore(dtype):
     model = models.build_model(config)
   model.compute_dtype = dtype
   try:

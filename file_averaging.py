@@ -39,12 +39,8 @@ import numpy as np
 import pandas as pd
 
 import configurations
-
-# utils imports TensorFlow, whose start-up notices on stderr would bury this script's one-line
-# errors; nothing here runs TensorFlow.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import utils  # pylint: disable=g-import-not-at-top
-from utils import InputError  # pylint: disable=g-import-not-at-top
+import fileio
+from fileio import InputError
 
 HEADER = b"VideoId,LabelConfidencePairs"
 DEFAULT_OUTPUT_FILE = "WILLOW_submission.csv"
@@ -956,7 +952,7 @@ def write_submission(blend: Blend, output_file: str, top_k: Optional[int] = None
   """Writes the blend as a submission CSV (the first top_k pairs of each video, default all).
 
   The CSV is written to a temporary file beside output_file and renamed over it only when
-  complete (utils.atomic_output), so a failed run never leaves a partial submission. Blocks of
+  complete (fileio.atomic_output), so a failed run never leaves a partial submission. Blocks of
   rows are formatted by `workers` threads.
   """
   top_k = blend.labels.shape[1] if top_k is None else top_k
@@ -969,7 +965,7 @@ def write_submission(blend: Blend, output_file: str, top_k: Optional[int] = None
                         blend.scores[rows, :top_k], np.minimum(blend.counts[rows], top_k))
 
   try:
-    with utils.atomic_output(output_file, "wb") as out, \
+    with fileio.atomic_output(output_file, "wb") as out, \
         concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
       umask = os.umask(0)
       os.umask(umask)

@@ -23,34 +23,48 @@ def l2n(x, axis=-1):
   return tf.math.l2_normalize(x, axis=axis, epsilon=L2N_EPSILON)
 
 
-class _VariableDtype:
-  """The dtype new variables are created in: float32, except for models built for float64
-  inference, whose weights then need no cast on every batch."""
+class _NewVariables:
+  """How new variables are created: in float32 and drawn from their initializers, except in
+  models built for inference, which are created in the inference dtype (weights then need no
+  cast on every batch) and as zeros, because a restore overwrites every one of them (random
+  draws of a 333M-parameter model in float64 would cost seconds and leave GBs of temporaries
+  in the allocator's pool)."""
   dtype = tf.float32
+  to_be_restored = False
 
 
 @contextlib.contextmanager
-def variables_in(dtype):
-  """Blocks built inside create their variables in dtype."""
-  previous, _VariableDtype.dtype = _VariableDtype.dtype, tf.as_dtype(dtype)
+def variables_for_restore(dtype):
+  """Blocks built inside create zero variables in dtype, for a restore to fill."""
+  previous = (_NewVariables.dtype, _NewVariables.to_be_restored)
+  _NewVariables.dtype, _NewVariables.to_be_restored = tf.as_dtype(dtype), True
   try:
     yield
   finally:
-    _VariableDtype.dtype = previous
+    _NewVariables.dtype, _NewVariables.to_be_restored = previous
+
+
+def _new_variable(shape, draw, name, **kwargs):
+  if _NewVariables.to_be_restored:
+    values = tf.zeros(shape, _NewVariables.dtype)
+  else:
+    values = draw(_NewVariables.dtype)
+  return tf.Variable(values, name=name, **kwargs)
 
 
 def normal(shape, stddev, mean=0.0, name=None, trainable=True):
   """A variable drawn from the plain (untruncated) normal the original used everywhere."""
-  values = tf.random.normal(shape, mean=mean, stddev=stddev, dtype=_VariableDtype.dtype)
-  return tf.Variable(values, name=name, trainable=trainable)
+  return _new_variable(
+      shape, lambda dtype: tf.random.normal(shape, mean=mean, stddev=stddev, dtype=dtype),
+      name, trainable=trainable)
 
 
 def glorot_uniform(shape, name=None):
   """TF1's default get_variable initializer (and slim's fully_connected weights)."""
   fan_in, fan_out = shape[-2], shape[-1]
   limit = math.sqrt(6.0 / (fan_in + fan_out))
-  values = tf.random.uniform(shape, -limit, limit, dtype=_VariableDtype.dtype)
-  return tf.Variable(values, name=name)
+  return _new_variable(
+      shape, lambda dtype: tf.random.uniform(shape, -limit, limit, dtype=dtype), name)
 
 
 def like(variable, x):
@@ -61,8 +75,8 @@ def like(variable, x):
 
 
 def constant(shape, value, name=None, trainable=True, **kwargs):
-  values = tf.fill(shape, tf.constant(value, _VariableDtype.dtype))
-  return tf.Variable(values, name=name, trainable=trainable, **kwargs)
+  return _new_variable(shape, lambda dtype: tf.fill(shape, tf.constant(value, dtype)), name,
+                       trainable=trainable, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ original's (SPEC.md 3). Checkpoints go to --train_dir with the model configurati
 them; training resumes from the latest checkpoint unless --start_new_model.
 """
 
+import dataclasses
 import os
 
 # TensorFlow's default CPU allocator page-faults every large buffer afresh; its BFC allocator
@@ -42,6 +43,15 @@ def start_new_model(train_dir: str):
     tf.io.gfile.rmtree(train_dir)
 
 
+def train_options_from_flags() -> training.TrainOptions:
+  """Every TrainOptions field comes from the flag of the same name (data_pattern from
+  --train_data_pattern)."""
+  flag_name = {"data_pattern": "train_data_pattern"}
+  return training.TrainOptions(**{
+      field.name: FLAGS[flag_name.get(field.name, field.name)].value
+      for field in dataclasses.fields(training.TrainOptions)})
+
+
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
   tf.debugging.set_log_device_placement(FLAGS.log_device_placement)
@@ -55,24 +65,7 @@ def main(unused_argv):
   if FLAGS.start_new_model and is_chief:
     start_new_model(FLAGS.train_dir)
   config = resolve_training_config(FLAGS.train_dir)
-  options = training.TrainOptions(
-      train_dir=FLAGS.train_dir, data_pattern=FLAGS.train_data_pattern,
-      batch_size=FLAGS.batch_size, num_readers=FLAGS.num_readers,
-      num_epochs=FLAGS.num_epochs, max_steps=FLAGS.max_steps,
-      base_learning_rate=FLAGS.base_learning_rate,
-      learning_rate_decay=FLAGS.learning_rate_decay,
-      learning_rate_decay_examples=FLAGS.learning_rate_decay_examples,
-      optimizer=FLAGS.optimizer, clip_gradient_norm=FLAGS.clip_gradient_norm,
-      regularization_penalty=FLAGS.regularization_penalty,
-      label_loss=FLAGS.label_loss, alpha=FLAGS.alpha,
-      bn_calibration_batches=FLAGS.bn_calibration_batches,
-      save_checkpoint_secs=FLAGS.save_checkpoint_secs,
-      save_checkpoint_steps=FLAGS.save_checkpoint_steps,
-      keep_checkpoints=FLAGS.keep_checkpoints, log_steps=FLAGS.log_steps,
-      export_model_steps=FLAGS.export_model_steps,
-      init_from_checkpoint=FLAGS.init_from_checkpoint, seed=FLAGS.seed,
-      jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision)
-  training.Trainer(config, options, strategy).run()
+  training.Trainer(config, train_options_from_flags(), strategy).run()
 
 
 if __name__ == "__main__":

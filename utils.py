@@ -1,19 +1,12 @@
 """Small helpers shared by the readers, the models and the scripts."""
-import contextlib
-import errno
 import numbers
 import os
-import tempfile
 from typing import List, Mapping, Tuple, Union
 
 import tensorflow as tf
 
-
-class InputError(ValueError):
-  """A problem with the user's input (a flag, a file, a record), reported in one line.
-
-  Scripts catch it at their edge, print `error: <message>` and exit non-zero.
-  """
+# Defined without TensorFlow so that file_averaging.py starts fast; re-exported here.
+from fileio import InputError, atomic_output, atomic_write_text  # pylint: disable=unused-import
 
 
 def parse_feature_list(feature_names: str, feature_sizes: str) -> Tuple[List[str], List[int]]:
@@ -210,42 +203,3 @@ def write_scalars(writer: tf.summary.SummaryWriter, step: int,
       tf.summary.write(name, tf.cast(value, tf.float32), step=step, metadata=metadata)
   if flush:
     writer.flush()
-
-
-# ----------------------------------------------------------------------------------------------
-# Outputs that appear whole or not at all.
-
-@contextlib.contextmanager
-def atomic_output(path: str, mode: str = "w"):
-  """Yields a file object writing to a temporary sibling of path, renamed to path only when
-  the block completes; on any error the temporary file is removed and path is untouched."""
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise InputError("cannot write %s: directory %s does not exist" % (path, directory))
-  if os.path.isdir(path):
-    raise InputError("cannot write %s: it is a directory" % path)
-  try:
-    fd, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                     suffix=".tmp", dir=directory)
-  except OSError as e:
-    raise InputError("cannot write %s: %s" % (path, e.strerror or e))
-  try:
-    with os.fdopen(fd, mode) as f:
-      yield f
-    os.replace(temporary, path)
-  except BaseException as e:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-    # A full disk, a file-size limit or a read-only file system is the user's to fix: one line.
-    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
-      raise InputError("cannot write %s: %s (it was left unchanged)" % (path, e.strerror or e))
-    raise
-
-
-# Errors only a write can raise (so one in the block is about this file, not a file it reads).
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
-
-
-def atomic_write_text(path: str, text: str):
-  with atomic_output(path) as f:
-    f.write(text)

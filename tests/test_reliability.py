@@ -26,6 +26,7 @@ import readers
 import script_flags
 import training
 import utils
+from tests.test_readers import write_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 20
@@ -83,13 +84,6 @@ def video_example(video_id, labels, mean_rgb=None, mean_audio=None):
   example.features.feature["mean_audio"].float_list.value.extend(
       [0.02] * 128 if mean_audio is None else mean_audio)
   return example.SerializeToString()
-
-
-def write_records(path, records):
-  with tf.io.TFRecordWriter(str(path)) as writer:
-    for record in records:
-      writer.write(record)
-  return str(path)
 
 
 def record_offsets(path):
