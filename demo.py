@@ -63,7 +63,8 @@ def scaled_commands(willow, data_dir, quick):
   scale = dict(configurations.DEMO_COMMON, num_classes=str(NUM_CLASSES))
   scale.update(configurations.DEMO_SCALE[willow.key])
   if quick:
-    scale.update(max_step="30", bn_calibration_batches="2")
+    # A few steps only: then compiling the step with XLA costs more than it saves.
+    scale.update(max_step="10", bn_calibration_batches="1", jit_compile="false")
   train = configurations.scaled_args(configurations.command_args(willow.train_command,
                                                                  data_dir), scale)
   # Inference keeps its README batch size; its model flags are scaled like training's (the

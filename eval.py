@@ -37,7 +37,7 @@ def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_n
                                       num_readers=num_readers, shuffle=False, num_epochs=1)
   loss_fn = losses.get_loss(loss_name, alpha)
 
-  @tf.function
+  @tf.function(autograph=False)
   def predict(video_matrix, num_frames, labels):
     predictions = model(video_matrix, num_frames, training=False)["predictions"]
     return predictions, loss_fn.calculate_loss(predictions, labels)

@@ -30,7 +30,8 @@ class ServingModule(tf.Module):
     self.reader = config.reader()
     self.top_k = min(top_k, config.num_classes)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="example_bytes")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="example_bytes")],
+               autograph=False)
   def serve(self, example_bytes):
     batch = self.reader.prepare_serialized_examples(example_bytes)
     predictions = self.model(batch["video_matrix"], batch["num_frames"],

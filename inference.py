@@ -44,7 +44,7 @@ def format_rows(video_ids, classes, scores) -> str:
 
 
 def make_predict_fn(model, top_k: int):
-  @tf.function
+  @tf.function(autograph=False)
   def predict(video_matrix, num_frames):
     predictions = model(video_matrix, num_frames, training=False)["predictions"]
     # top_k breaks ties by the lower class index, so equal scores keep a fixed order.

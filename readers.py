@@ -41,6 +41,11 @@ import utils
 ID_KEYS = ("id", "video_id")
 LABELS_KEY = "labels"
 
+# The pipeline's functions are plain TensorFlow code: converting them with autograph would only
+# cost seconds of start-up (tf.function steps are traced with autograph=False for the same
+# reason).
+_plain = tf.autograph.experimental.do_not_convert
+
 
 # ----------------------------------------------------------------------------------------------
 # Argument validation.
@@ -491,7 +496,7 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
     file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   skipped = _SkippedRecords(files, num_epochs) if skip_corrupt_records else None
   records = file_names.interleave(
-      skipped.records_of_file if skipped else _records_with_source,
+      _plain(skipped.records_of_file if skipped else _records_with_source),
       cycle_length=min(num_readers, len(files)),
       # Shuffled: one record per file in turn. Otherwise each file is read to its end before
       # the next one is emitted (file order, then record order) while later files prefetch.
@@ -511,7 +516,8 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
     return decoded.prefetch(tf.data.AUTOTUNE)
   batches = records.batch(batch_size, drop_remainder=drop_remainder)
   decoded = batches.map(
-      lambda serialized, source: reader.prepare_serialized_examples(serialized, source=source),
+      _plain(lambda serialized, source: reader.prepare_serialized_examples(serialized,
+                                                                           source=source)),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=deterministic)
   return decoded.prefetch(tf.data.AUTOTUNE)
@@ -535,9 +541,9 @@ def _records_with_source(file_name):
   records (per record, tf.data's scan would halve the throughput of video-level records).
   """
   batches = tf.data.TFRecordDataset(file_name).batch(_COUNTED_RECORDS).map(
-      lambda records: (records, False, tf.constant(0, tf.int64)))
-  end = tf.data.Dataset.from_tensors(file_name).map(
-      lambda name: (tf.zeros([0], tf.string), True, tf.py_function(_file_size, [name], tf.int64)))
+      _plain(lambda records: (records, False, tf.constant(0, tf.int64))))
+  end = tf.data.Dataset.from_tensors(file_name).map(_plain(
+      lambda name: (tf.zeros([0], tf.string), True, tf.py_function(_file_size, [name], tf.int64))))
 
   def check_at_end(state, element):
     bytes_read, count = state
@@ -555,7 +561,7 @@ def _records_with_source(file_name):
       return state, (records, tf.fill(tf.shape(records), file_name))
 
   return batches.concatenate(end).scan(
-      (tf.constant(0, tf.int64), tf.constant(0, tf.int64)), check_at_end).unbatch()
+      (tf.constant(0, tf.int64), tf.constant(0, tf.int64)), _plain(check_at_end)).unbatch()
 
 
 # Records counted at a time by _records_with_source (a few MB of frame-level records).
@@ -604,7 +610,7 @@ class _SkippedRecords:
       with tf.control_dependencies([self.records_decoded.assign_add(1)]):
         return tf.nest.map_structure(tf.identity, decoded)
 
-    decoded = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+    decoded = records.map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=deterministic).ignore_errors(log_warning=True)
     return decoded.unbatch().map(count)
 

@@ -175,7 +175,7 @@ def calibrate_batch_norm(model, batches, num_batches: int) -> int:
     return 0
   recorded_layers = []
 
-  @tf.function
+  @tf.function(autograph=False)
   def batch_statistics(video_matrix, num_frames):
     with model_blocks.recording_batch_statistics() as records:
       model(video_matrix, num_frames, training=True)
@@ -318,7 +318,8 @@ class Trainer:
     use_xla = mode == "true" or (mode == "auto" and self.replicas == 1
                                  and self.options.seed is None)
     if use_xla:
-      self.train_step = tf.function(self.train_step.python_function, jit_compile=True)
+      self.train_step = tf.function(self.train_step.python_function, jit_compile=True,
+                                    autograph=False)
     logging.info("train step %s XLA (--jit_compile=%s)", "with" if use_xla else "without", mode)
 
   @property
@@ -346,7 +347,8 @@ class Trainer:
       return {k: batch[k] for k in ("video_matrix", "num_frames", "labels")}
     return self.strategy.distribute_datasets_from_function(
         lambda ctx: self._dataset(ctx, num_epochs=self.options.num_epochs,
-                                  seed=self.options.seed).map(step_inputs))
+                                  seed=self.options.seed).map(
+                                      tf.autograph.experimental.do_not_convert(step_inputs)))
 
   def calibration_batches(self):
     seed = None if self.options.seed is None else self.options.seed + 1
@@ -406,7 +408,7 @@ class Trainer:
                 total_loss=label_loss + penalty * reg_loss, predictions=predictions,
                 labels=batch["labels"], requests=requests)
 
-  @tf.function
+  @tf.function(autograph=False)
   def train_step(self, batch, requests=(0, 0)):
     """One step; `requests` = this worker's (save, stop) wishes as 0/1. Returns the losses
     (global means), this worker's predictions and labels, and the requests summed over all

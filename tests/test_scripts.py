@@ -195,24 +195,39 @@ def test_clear_errors_and_no_partial_outputs(data_dir, tmp_path):
   assert result.returncode != 0 and "no_such_flag" in result.stderr
 
 
+FULL_SIZE = pytest.param(
+    "full", marks=pytest.mark.skipif(
+        not os.environ.get("WILLOW_FULL_SIZE_TESTS"),
+        reason="full-size README runs take ~9 min on 2 cores, over the suite's budget; set "
+               "WILLOW_FULL_SIZE_TESTS=1"))
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("WILLOW_FULL_SIZE_TESTS"),
-                    reason="full-size README runs exceed the suite's time budget on 2 cores; "
-                           "set WILLOW_FULL_SIZE_TESTS=1")
+@pytest.mark.parametrize("size", ["scaled", FULL_SIZE])
 @pytest.mark.parametrize("willow", configurations.WILLOW_CONFIGS, ids=lambda c: c.key)
-def test_readme_command_lines_run_unchanged(willow, tmp_path_factory):
+def test_readme_command_lines_run_unchanged(willow, size, tmp_path_factory):
   """Each README training line and inference line, as printed (only $path_to_features
-  filled in), runs at full size; --max_step is lowered to 2 by a later flag."""
+  filled in), runs. Training gets flags appended after the line: --max_step=2 and, unless
+  full size, the demo's smaller cluster/hidden sizes and 100 classes (at the README batch
+  size, without the XLA compile that would dominate two steps). The
+  inference line is run as printed: the saved configuration decides the model."""
   features = str(tmp_path_factory.mktemp("readme_features"))
-  for partition, labels in [("train", True), ("test", False)]:
-    make_synthetic_data.generate_partition(features, partition, num_videos=6, num_shards=1,
-                                           seed=0, with_labels=labels, min_frames=250,
-                                           max_frames_gen=320)
+  full = size == "full"
+  frames, classes = ((250, 320), 4716) if full else ((20, 60), 100)
+  # 20 videos x the default 15 epochs cover two steps of the README's batches of 128.
+  for partition, count, labels in [("train", 20, True), ("test", 6, False)]:
+    make_synthetic_data.generate_partition(features, partition, num_videos=count, num_shards=1,
+                                           num_classes=classes, seed=0, with_labels=labels,
+                                           min_frames=frames[0], max_frames_gen=frames[1])
   cwd = str(tmp_path_factory.mktemp("readme_run"))
+  smaller = [] if full else [
+      "--%s=%s" % (name, value) for name, value in configurations.DEMO_SCALE[willow.key].items()
+      if name != "batch_size"] + ["--num_classes=%d" % classes, "--jit_compile=false"]
   train = configurations.command_args(willow.train_command, features)
-  result = run_script("train.py", train + ["--max_step=2", "--bn_calibration_batches=1",
-                                           "--export_model_steps=0"], cwd=cwd)
+  result = run_script("train.py", train + smaller + [
+      "--max_step=2", "--bn_calibration_batches=1", "--export_model_steps=0"], cwd=cwd)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "training finished at step 2" in result.stderr, result.stderr[-3000:]
   assert os.path.exists(os.path.join(cwd, willow.train_dir, "model.ckpt-2.index"))
   inference_args = configurations.command_args(willow.inference_command, features)
   if willow.key == "gated_dbof":  # the README's inference line names another train_dir
