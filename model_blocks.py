@@ -490,9 +490,12 @@ class LSTMLayer(tf.Module):
     kernel = like(self.kernel, inputs)
     return tf.einsum("btd,dg->btg", inputs, kernel[:self.input_size]) + like(self.bias, inputs)
 
-  def step(self, projected, state):
+  def recurrent_weights(self, inputs):
+    return like(self.kernel, inputs)[self.input_size:]
+
+  def step(self, projected, state, recurrent_kernel):
     c, h = state
-    recurrent = tf.matmul(h, like(self.kernel, h)[self.input_size:])
+    recurrent = tf.matmul(h, recurrent_kernel)
     i, j, f, o = tf.split(projected + recurrent, 4, axis=1)
     c = c * tf.sigmoid(f + 1.0) + tf.sigmoid(i) * tf.tanh(j)
     h = tf.tanh(c) * tf.sigmoid(o)
@@ -526,11 +529,16 @@ class GRULayer(tf.Module):
                  + like(self.candidate_bias, inputs))
     return tf.concat([gates, candidate], axis=2)
 
-  def step(self, projected, h):
-    d, u = self.input_size, self.units
+  def recurrent_weights(self, inputs):
+    d = self.input_size
+    return like(self.gate_kernel, inputs)[d:], like(self.candidate_kernel, inputs)[d:]
+
+  def step(self, projected, h, recurrent_kernels):
+    u = self.units
+    gate_kernel, candidate_kernel = recurrent_kernels
     gate_in, candidate_in = projected[:, :2 * u], projected[:, 2 * u:]
-    r, z = tf.split(tf.sigmoid(gate_in + tf.matmul(h, like(self.gate_kernel, h)[d:])), 2, axis=1)
-    c = tf.tanh(candidate_in + tf.matmul(r * h, like(self.candidate_kernel, h)[d:]))
+    r, z = tf.split(tf.sigmoid(gate_in + tf.matmul(h, gate_kernel)), 2, axis=1)
+    c = tf.tanh(candidate_in + tf.matmul(r * h, candidate_kernel))
     h = z * h + (1 - z) * c
     return h, h
 
@@ -548,9 +556,12 @@ def run_stacked_rnn(layers, inputs, sequence_length):
     projected = tf.transpose(layer.project_inputs(outputs), [1, 0, 2])  # time-major
     state = layer.initial_state(batch, inputs.dtype)
     emitted = tf.TensorArray(inputs.dtype, size=time)
+    # Read once, outside the loop: a weight read inside it is a per-step intermediate that
+    # backprop keeps for every step (300 copies of a 17 MB matrix per layer for the README GRU).
+    weights = layer.recurrent_weights(inputs)
 
-    def body(t, state, emitted, layer=layer, projected=projected):
-      output, new_state = layer.step(projected[t], state)
+    def body(t, state, emitted, layer=layer, projected=projected, weights=weights):
+      output, new_state = layer.step(projected[t], state, weights)
       alive = (t < sequence_length)[:, None]
       new_state = tf.nest.map_structure(lambda n, o: tf.where(alive, n, o), new_state, state)
       return t + 1, new_state, emitted.write(t, tf.where(alive, output, tf.zeros_like(output)))

@@ -283,7 +283,7 @@ def main():
   print("\nwall s: elapsed; CPU s: user + system of the process and its children. peak MB (1): "
         "largest single process (wait4 ru_maxrss); peak MB (all): summed RSS of the process "
         "tree, sampled every 50 ms. ratio: wall s / file_averaging.py's at the same size.")
-  print("`import file_averaging` alone takes %.1f s (TensorFlow comes in through utils). "
+  print("`import file_averaging` alone takes %.1f s. "
         "Load average during the runs: %s (this machine has %d cores)."
         % (import_seconds(), " / ".join("%.1f" % x for x in LOAD_SAMPLES), os.cpu_count()))
 
