@@ -312,8 +312,8 @@ def test_sigkill_at_random_moments_then_restart_resumes_from_the_last_complete_c
 @pytest.mark.slow
 def test_sigkill_many_more_times(data_dir, tmp_path):
   train_dir = str(tmp_path / "train")
-  records = kill_and_restart(data_dir, train_dir, num_kills=20, seed=FAULT_SEED + 1)
-  check_kill_records(records, 20)
+  records = kill_and_restart(data_dir, train_dir, num_kills=12, seed=FAULT_SEED + 1)
+  check_kill_records(records, 12)
 
 
 # ------------------------------------------------------------------------------------------
