@@ -416,20 +416,26 @@ def dequantize(levels):
   return np.asarray(levels, np.float32) * np.float32(4.0 / 255.0) + np.float32(-1.9921875)
 
 
+def canonical_message(message_class, serialized):
+  """The parsed message, or None when the bytes do not parse or are not as a protobuf writer
+  encodes them (unknown or repeated fields, ...): there the parsers legitimately differ
+  (TensorFlow's rejects unknown fields the protobuf library keeps; of repeated fields
+  TensorFlow keeps the first, protobuf the last)."""
+  from google.protobuf import message
+  try:
+    parsed = message_class.FromString(serialized)
+  except message.DecodeError:
+    return None
+  parsed.DiscardUnknownFields()
+  return parsed if parsed.SerializeToString(deterministic=True) == serialized else None
+
+
 def reference_decode(serialized):
   """What the frame reader must return for a record, decoded with the protobuf library:
   ("ok", outputs), ("error", None) when the reader must refuse it, or ("either", None) for
   wire-format corner cases where TensorFlow's parser and the protobuf library may differ."""
-  from google.protobuf import message
-  try:
-    example = tf.train.SequenceExample.FromString(serialized)
-  except message.DecodeError:
-    return "either", None
-  example.DiscardUnknownFields()
-  if example.SerializeToString(deterministic=True) != serialized:
-    # Not as a protobuf writer encodes it (unknown or repeated fields, ...): the parsers
-    # legitimately differ (TensorFlow's rejects unknown fields the protobuf library keeps;
-    # of repeated fields TensorFlow keeps the first, protobuf the last).
+  example = canonical_message(tf.train.SequenceExample, serialized)
+  if example is None:
     return "either", None
   context = example.context.feature
 
@@ -592,13 +598,8 @@ def mutations(rng, seeds, protobuf_mutation):
 
 def video_reference_decode(serialized):
   """reference_decode for the video-level reader (mean_rgb 3 floats, mean_audio 2)."""
-  from google.protobuf import message
-  try:
-    example = tf.train.Example.FromString(serialized)
-  except message.DecodeError:
-    return "either", None
-  example.DiscardUnknownFields()
-  if example.SerializeToString(deterministic=True) != serialized:
+  example = canonical_message(tf.train.Example, serialized)
+  if example is None:
     return "either", None
   features = example.features.feature
   kinds = {key: features[key].WhichOneof("kind") for key in features}
