@@ -72,21 +72,41 @@ def restore_weights(model: models.BaseModel, path: str):
 _PRECISIONS = {"float64": tf.float64, "float32": tf.float32}
 
 
+def _dtype(precision: str) -> tf.DType:
+  if precision not in _PRECISIONS:
+    raise InputError("--inference_precision must be float64 or float32, got %r" % precision)
+  return _PRECISIONS[precision]
+
+
 def load_trained_model(train_dir: str, check_point: int, requested: models.ModelConfig,
                        explicit: Sequence[str], precision: str = "float64"):
   """Returns (model, config, checkpoint path) for eval/inference; errors name train_dir.
 
   The model computes in `precision` (see --inference_precision)."""
-  if precision not in _PRECISIONS:
-    raise InputError("--inference_precision must be float64 or float32, got %r" % precision)
+  _dtype(precision)
   path = find_checkpoint(train_dir, check_point)
   if path is None:
     raise InputError("train_dir %s holds no checkpoint" % train_dir)
+  model, config = build_model_to_restore(train_dir, requested, explicit, precision)
+  restore_trained_weights(model, config, path)
+  return model, config, path
+
+
+def build_model_to_restore(train_dir: str, requested: models.ModelConfig,
+                           explicit: Sequence[str], precision: str = "float64"):
+  """(model, config): the model train_dir's checkpoints hold, computing in `precision`, with
+  placeholder weights (zeros: no random draws) for restore_trained_weights to replace."""
   config, _ = resolve_model_config(train_dir, requested, explicit)
-  dtype = _PRECISIONS[precision]
+  dtype = _dtype(precision)
   with model_blocks.variables_for_restore(dtype):
     model = models.build_model(config)
   model.compute_dtype = dtype
+  return model, config
+
+
+def restore_trained_weights(model: models.BaseModel, config: models.ModelConfig, path: str):
+  """Loads the checkpoint at `path` into a model built by load_trained_model (eval.py reuses
+  one model for every checkpoint it watches); errors name the checkpoint."""
   try:
     restore_weights(model, path)
   except InputError:
@@ -95,4 +115,3 @@ def load_trained_model(train_dir: str, check_point: int, requested: models.Model
     raise InputError("%s: cannot restore the %s model from it (%s)" % (
         path, config.model, str(e).splitlines()[0]))
   logging.info("restored %s (%s, step %d)", path, config.model, checkpoint_step(path))
-  return model, config, path

@@ -2,7 +2,8 @@
 
 Reports GAP@top_k, hit@1, PERR, MAP and the average loss over the whole set, logs them and
 writes them as TensorBoard scalars in train_dir. Without --run_once it waits for each new
-checkpoint (sleeping --eval_interval_secs between checks, where the original busy-looped).
+checkpoint (sleeping --eval_interval_secs between checks, where the original busy-looped) and
+restores it into the model built for the first one (the original rebuilt its graph each time).
 The model runs in inference mode: moving batch-norm statistics, deterministic frame sampling.
 """
 import os
@@ -29,19 +30,26 @@ import utils
 FLAGS = flags.FLAGS
 
 
-def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_name="CrossEntropyLoss",
-             alpha=0.5, step=0, writer=None):
-  """Runs the model over every record of data_pattern; returns EvaluationMetrics.get()."""
-  reader = config.reader()
-  dataset = readers.get_input_dataset(reader, data_pattern, batch_size,
-                                      num_readers=num_readers, shuffle=False, num_epochs=1)
+def prediction_function(model, loss_name="CrossEntropyLoss", alpha=0.5):
+  """(video_matrix, num_frames, labels) -> (predictions, mean loss), traced once per model."""
   loss_fn = losses.get_loss(loss_name, alpha)
 
   @tf.function(autograph=False)
   def predict(video_matrix, num_frames, labels):
     predictions = model(video_matrix, num_frames, training=False)["predictions"]
     return predictions, loss_fn.calculate_loss(predictions, labels)
+  return predict
 
+
+def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_name="CrossEntropyLoss",
+             alpha=0.5, step=0, writer=None, predict=None):
+  """Runs the model over every record of data_pattern; returns EvaluationMetrics.get().
+
+  `predict` (from prediction_function) lets successive checkpoints share one traced graph."""
+  reader = config.reader()
+  dataset = readers.get_input_dataset(reader, data_pattern, batch_size,
+                                      num_readers=num_readers, shuffle=False, num_epochs=1)
+  predict = predict or prediction_function(model, loss_name, alpha)
   metrics = eval_util.EvaluationMetrics(config.num_classes, top_k)
   start, examples = time.time(), 0
   try:
@@ -75,6 +83,25 @@ def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_n
   return results
 
 
+def new_checkpoints(train_dir, check_point=-1, run_once=False, interval_secs=60,
+                    sleep=time.sleep):
+  """Yields the checkpoint to evaluate, then (unless run_once or check_point) each newer one as
+  it appears, checking every interval_secs (the original busy-looped)."""
+  last = None
+  while True:
+    path = checkpoint_utils.find_checkpoint(train_dir, check_point)
+    if path is not None and path != last:
+      yield path
+      last = path
+      if run_once or check_point >= 0:
+        return
+      continue
+    if run_once and path is None:
+      raise utils.InputError("train_dir %s holds no checkpoint" % train_dir)
+    logging.info("waiting %d s for a new checkpoint in %s", interval_secs, train_dir)
+    sleep(interval_secs)
+
+
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
   script_flags.require_flags(nonempty=["eval_data_pattern"], positive=["batch_size", "top_k"])
@@ -82,24 +109,17 @@ def main(unused_argv):
   requested = script_flags.model_config_from_flags()
   explicit = script_flags.explicit_model_flags()
   writer = tf.summary.create_file_writer(FLAGS.train_dir)
-  last_evaluated = None
-  while True:
-    path = checkpoint_utils.find_checkpoint(FLAGS.train_dir, FLAGS.check_point)
-    if path is None or path == last_evaluated:
-      if FLAGS.run_once and path is None:
-        raise utils.InputError("train_dir %s holds no checkpoint" % FLAGS.train_dir)
-      logging.info("waiting %d s for a new checkpoint in %s", FLAGS.eval_interval_secs,
-                   FLAGS.train_dir)
-      time.sleep(FLAGS.eval_interval_secs)
-      continue
-    model, config, path = checkpoint_utils.load_trained_model(
-        FLAGS.train_dir, FLAGS.check_point, requested, explicit, FLAGS.inference_precision)
+  model = config = predict = None
+  for path in new_checkpoints(FLAGS.train_dir, FLAGS.check_point, FLAGS.run_once,
+                              FLAGS.eval_interval_secs):
+    if model is None:  # built and traced once, then each new checkpoint is restored into it
+      model, config = checkpoint_utils.build_model_to_restore(
+          FLAGS.train_dir, requested, explicit, FLAGS.inference_precision)
+      predict = prediction_function(model, FLAGS.label_loss, FLAGS.alpha)
+    checkpoint_utils.restore_trained_weights(model, config, path)
     evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
              FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, checkpoint_utils.checkpoint_step(path),
-             writer)
-    last_evaluated = path
-    if FLAGS.run_once or FLAGS.check_point >= 0:
-      break
+             writer, predict)
 
 
 if __name__ == "__main__":

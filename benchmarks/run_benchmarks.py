@@ -269,6 +269,8 @@ def main():
                       help="inference batch = min(README batch, cap): per-video cost hardly "
                            "depends on the batch (see the growth table), a README batch of "
                            "1024 costs minutes per step for the RNNs; 0 = no cap")
+  parser.add_argument("--inference_precisions", default="float64,float32",
+                      help="inference dtypes to measure (float64 is the scripts' default)")
   parser.add_argument("--e2e_config", default="netvlad")
   parser.add_argument("--skip", default="", help="comma list of " + ",".join(SECTIONS))
   parser.add_argument("--full_averaging", action="store_true",
@@ -292,9 +294,10 @@ def run_all(a):
         "figures to compare)" % os.cpu_count(), flush=True)
   peak = flops.matmul_peak()
   results["peak_start"] = peak
-  print("\n1. fp32 matmul peak (2048^3 tf.matmul chain, best window): %.1f GFLOP/s. Each "
-        "model's %%peak below divides by the peak its own process measured right before its "
-        "timed steps (column 'peak GF'), the nearest reference on a shared machine."
+  print("\n1. fp32 matmul peak (best of tf.matmul 3000^3 and 8000x1000x8000, best window): "
+        "%.1f GFLOP/s. Each model's %%peak below divides by the peak its own process measured "
+        "right before its timed steps (column 'peak GF'), the nearest reference on a shared "
+        "machine."
         % (peak / 1e9), flush=True)
 
   train = {}
@@ -371,7 +374,7 @@ def run_all(a):
       readme_batch = int(configurations.flag_value(
           configurations.CONFIGS_BY_KEY[key].inference_args, "batch_size"))
       batch = min(readme_batch, a.inference_batch_cap) if a.inference_batch_cap else readme_batch
-      for precision in ("float64", "float32"):
+      for precision in a.inference_precisions.split(","):
         r = run_child("inference", a, config=key, precision=precision, batch=batch)
         if r is None:
           continue

@@ -1,5 +1,6 @@
 """The scripts as a user runs them: command lines, logs, outputs, errors, determinism."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -237,3 +238,45 @@ def test_readme_command_lines_run_unchanged(willow, size, tmp_path_factory):
   assert result.returncode == 0, result.stderr[-3000:]
   lines = read_csv(os.path.join(cwd, willow.inference_output))
   assert len(lines) == 7 and len(lines[1].split(",")[1].split()) == 100
+
+
+def test_eval_restores_each_new_checkpoint_into_one_model(trained_dir, data_dir, tmp_path):
+  """Watching a train_dir (no --run_once), eval.py evaluates every new checkpoint with the
+  model it built for the first: the second GAP must be that of a fresh load of the second."""
+  train_dir, _ = trained_dir
+  watched = str(tmp_path / "watched")
+  os.makedirs(watched)
+  shutil.copy(os.path.join(train_dir, "model_config.json"), watched)
+  trained, config, first = checkpoint_utils.load_trained_model(train_dir, -1,
+                                                               models.ModelConfig(), [])
+  for name in tf.io.gfile.glob(first + ".*"):
+    shutil.copy(name, watched)
+  untrained = models.build_model(config)  # the "newer" checkpoint: different weights
+  untrained(tf.zeros([1, 4, 1152]), tf.constant([4]), training=False)
+  pattern = os.path.join(data_dir, "validate*.tfrecord")
+
+  class StopWatching(Exception):
+    pass
+
+  def add_second_checkpoint(unused_seconds):
+    if tf.io.gfile.glob(os.path.join(watched, "model.ckpt-999.*")):
+      raise StopWatching()
+    tf.train.Checkpoint(model=untrained).write(os.path.join(watched, "model.ckpt-999"))
+  found = eval_script.new_checkpoints(watched, interval_secs=7, sleep=add_second_checkpoint)
+  model, config = checkpoint_utils.build_model_to_restore(watched, models.ModelConfig(), [])
+  predict = eval_script.prediction_function(model)
+  gaps = []
+  try:
+    for path in found:
+      checkpoint_utils.restore_trained_weights(model, config, path)
+      gaps.append((checkpoint_utils.checkpoint_step(path),
+                   eval_script.evaluate(model, config, pattern, 64, 2, top_k=20,
+                                        predict=predict)["gap"]))
+  except StopWatching:
+    pass
+  fresh, _, _ = checkpoint_utils.load_trained_model(watched, 999, models.ModelConfig(), [])
+  expected = [eval_script.evaluate(m, config, pattern, 64, 2, top_k=20)["gap"]
+              for m in (trained, fresh)]
+  assert [step for step, _ in gaps] == [150, 999]
+  assert [gap for _, gap in gaps] == pytest.approx(expected, abs=1e-9)
+  assert expected[0] > expected[1] + 0.3  # the two checkpoints really differ
