@@ -2,7 +2,8 @@
 
 Every figure is printed as an absolute number and as a ratio measured in the same run, since
 absolute timings on a shared machine are noisy:
-  * matmul peak: fp32 GFLOP/s of a large tf.matmul chain, measured first (and again last);
+  * matmul peak: best fp32 GFLOP/s of tf.matmul over two non-power-of-two shapes (flops.py),
+    measured first (every %peak divides by it) and again last;
   * reader: decoded videos/s of the frame-level pipeline on generated 300-frame rgb+audio
     videos, vs. raw TFRecord bytes/s of the same files, vs. what each training step consumes;
   * training: steps/s, examples/s, achieved FLOP/s / peak for the seven README configurations
@@ -98,8 +99,8 @@ def _rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# The machine is shared: each child measures the matmul peak again right before its timed
-# steps, and its FLOP/s are divided by that (the closest "same run" reference there is).
+# The machine is shared: each child also measures the matmul peak right before its timed
+# steps (column "local GF"), which shows how busy the machine was during that row.
 _LOCAL = {}
 
 
@@ -295,9 +296,9 @@ def run_all(a):
   peak = flops.matmul_peak()
   results["peak_start"] = peak
   print("\n1. fp32 matmul peak (best of tf.matmul 3000^3 and 8000x1000x8000, best window): "
-        "%.1f GFLOP/s. Each model's %%peak below divides by the peak its own process measured "
-        "right before its timed steps (column 'peak GF'), the nearest reference on a shared "
-        "machine."
+        "%.1f GFLOP/s. Every %%peak below divides by it; column 'local GF' is the peak each "
+        "model's own process measured right before its timed steps (lower: the shared machine "
+        "was busier then)."
         % (peak / 1e9), flush=True)
 
   train = {}
@@ -305,7 +306,7 @@ def run_all(a):
     print("\n2. training step, random inputs (compute only), README batch sizes")
     print("%-11s %6s %8s %8s %9s %9s  %7s  %6s %9s %8s %8s" % (
         "config", "batch", "params", "steps/s", "ex/s", "GF/ex", "GFLOP/s", "%peak",
-        "s/step", "RSS MB", "peak GF"))
+        "s/step", "RSS MB", "local GF"))
     for key in keys:
       r = run_child("train", a, config=key)
       if r is None:
@@ -315,7 +316,7 @@ def run_all(a):
       achieved = rate * r["batch"] * r["flops_per_example"]
       print("%-11s %6d %7.1fM %8.3f %9.1f %9.2f  %s %9.2f %8.0f %8.1f" % (
           key, r["batch"], r["params"] / 1e6, rate, rate * r["batch"],
-          r["flops_per_example"] / 1e9, fmt_rate(achieved, r["peak"]), 1 / rate, r["rss_mb"],
+          r["flops_per_example"] / 1e9, fmt_rate(achieved, peak), 1 / rate, r["rss_mb"],
           r["peak"] / 1e9),
           flush=True)
   results["train"] = train
@@ -336,7 +337,7 @@ def run_all(a):
         versus = " = %.2f of the compute-only step" % (rate / (compute["steps"] / compute["seconds"]))
       print("\n   end to end (%s, generated 300-frame data through the reader): %.3f steps/s, "
             "%.1f ex/s, %s GFLOP/s %%peak%s, RSS %.0f MB" % (
-                a.e2e_config, rate, rate * r["batch"], fmt_rate(achieved, r["peak"]), versus,
+                a.e2e_config, rate, rate * r["batch"], fmt_rate(achieved, peak), versus,
                 r["rss_mb"]), flush=True)
       results["e2e"] = r
 
@@ -368,7 +369,7 @@ def run_all(a):
           % (a.inference_batch_cap or "no cap"))
     print("%-11s %6s %-8s %9s %9s  %7s  %6s %8s %8s" % (
         "config", "batch", "dtype", "videos/s", "GF/video", "GFLOP/s", "%peak", "RSS MB",
-        "peak GF"))
+        "local GF"))
     results["inference"] = {}
     for key in keys:
       readme_batch = int(configurations.flag_value(
@@ -382,7 +383,7 @@ def run_all(a):
         rate = r["steps"] * r["batch"] / r["seconds"]
         print("%-11s %6d %-8s %9.1f %9.2f  %s %8.0f %8.1f" % (
             key, batch, precision, rate, r["flops_per_example"] / 1e9,
-            fmt_rate(rate * r["flops_per_example"], r["peak"]), r["rss_mb"], r["peak"] / 1e9),
+            fmt_rate(rate * r["flops_per_example"], peak), r["rss_mb"], r["peak"] / 1e9),
             flush=True)
 
   if "growth" not in skip:
