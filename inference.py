@@ -43,8 +43,16 @@ def format_rows(video_ids, classes, scores) -> str:
   return "".join(lines)
 
 
-def make_predict_fn(model, top_k: int):
-  @tf.function(autograph=False)
+def inference_uses_xla(jit_compile, precision: str) -> bool:
+  """XLA compiles the forward pass with --jit_compile=true, or auto in float32 (gated DBoF
+  1.4-1.5x faster; BENCHMARKS.md). Not by default in float64: XLA's kernels differ with the
+  batch shape, which would give up scores identical across batch sizes."""
+  mode = utils.jit_compile_mode(jit_compile)
+  return mode == "true" or (mode == "auto" and precision == "float32")
+
+
+def make_predict_fn(model, top_k: int, jit_compile: bool = False):
+  @tf.function(autograph=False, jit_compile=jit_compile)
   def predict(video_matrix, num_frames):
     predictions = model(video_matrix, num_frames, training=False)["predictions"]
     # top_k breaks ties by the lower class index, so equal scores keep a fixed order.
@@ -82,13 +90,13 @@ def part_file_name(output_file: str, task_index: int, num_tasks: int) -> str:
 
 
 def run_inference(model, config, data_pattern, output_file, batch_size, top_k, num_readers,
-                  task_index=0, num_tasks=1, skip_corrupt_records=False):
+                  task_index=0, num_tasks=1, skip_corrupt_records=False, jit_compile=False):
   """Predicts every record matched by data_pattern and writes output_file atomically."""
   reader = config.reader()
   dataset = readers.get_input_dataset(
       reader, data_pattern, batch_size, num_readers=num_readers, shuffle=False, num_epochs=1,
       num_shards=num_tasks, shard_index=task_index, skip_corrupt_records=skip_corrupt_records)
-  predict = make_predict_fn(model, top_k)
+  predict = make_predict_fn(model, top_k, jit_compile)
   start, count = time.time(), 0
   with utils.atomic_output(output_file) as out:
     out.write(HEADER)
@@ -137,9 +145,12 @@ def main(unused_argv):
                                                                        config.num_classes))
   task_index, num_tasks = task_split(FLAGS.task_index, FLAGS.num_tasks)
   output_file = part_file_name(FLAGS.output_file, task_index, num_tasks)
+  use_xla = inference_uses_xla(FLAGS.jit_compile, FLAGS.inference_precision)
+  logging.info("forward pass %s XLA (--jit_compile=%s, --inference_precision=%s)",
+               "with" if use_xla else "without", FLAGS.jit_compile, FLAGS.inference_precision)
   run_inference(model, config, FLAGS.input_data_pattern, output_file, FLAGS.batch_size,
                 FLAGS.top_k, FLAGS.num_readers, task_index, num_tasks,
-                FLAGS.skip_corrupt_records)
+                FLAGS.skip_corrupt_records, use_xla)
 
 
 if __name__ == "__main__":

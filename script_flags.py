@@ -164,8 +164,10 @@ def define_flags(script: str, fv=None):
   define_integer("log_steps", 10, "Steps between progress lines.")
   define_integer("seed", None, "Random seed (initialization, sampling, shuffling).")
   define_string("jit_compile", "auto",
-                "Compile the train step with XLA: auto (on one replica without --seed: XLA "
-                "ignores the samplers' op seeds), true or false.")
+                "Compile with XLA: auto, true or false. train: the train step (auto: on one "
+                "replica without --seed, since XLA ignores the samplers' op seeds); inference: "
+                "the forward pass (auto: only with --inference_precision=float32, since XLA "
+                "gives up scores identical across batch sizes).")
   define_string("mixed_precision", "none",
                 "Training compute dtype: none (float32) or bf16 (variables, loss and batch-norm "
                 "statistics stay float32). fp16 is not supported (CPU training; no loss scaling).")

@@ -311,10 +311,7 @@ class Trainer:
     statistics into few kernels (the Gated NetVLAD step runs in ~0.6-0.7 of the time), but
     it ignores the op seeds of the frame samplers, so a seeded run would not repeat, and it
     is not used across replicas."""
-    mode = str(self.options.jit_compile).lower()
-    if mode not in ("auto", "true", "false"):
-      raise utils.InputError("--jit_compile must be auto, true or false, got %r"
-                             % self.options.jit_compile)
+    mode = utils.jit_compile_mode(self.options.jit_compile)
     use_xla = mode == "true" or (mode == "auto" and self.replicas == 1
                                  and self.options.seed is None)
     if use_xla:

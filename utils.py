@@ -9,6 +9,14 @@ import tensorflow as tf
 from fileio import InputError, atomic_output, atomic_write_text  # pylint: disable=unused-import
 
 
+def jit_compile_mode(value) -> str:
+  """--jit_compile as "auto", "true" or "false" (train step and inference forward pass)."""
+  mode = str(value).lower()
+  if mode not in ("auto", "true", "false"):
+    raise InputError("--jit_compile must be auto, true or false, got %r" % (value,))
+  return mode
+
+
 def parse_feature_list(feature_names: str, feature_sizes: str) -> Tuple[List[str], List[int]]:
   """Parses the comma-separated --feature_names / --feature_sizes pair, validated."""
   names = [n.strip() for n in str(feature_names).split(",") if n.strip()]

@@ -16,6 +16,7 @@ import inference
 import make_synthetic_data
 import models
 import training
+import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 12
@@ -280,3 +281,40 @@ def test_eval_restores_each_new_checkpoint_into_one_model(trained_dir, data_dir,
   assert [step for step, _ in gaps] == [150, 999]
   assert [gap for _, gap in gaps] == pytest.approx(expected, abs=1e-9)
   assert expected[0] > expected[1] + 0.3  # the two checkpoints really differ
+
+
+def test_float32_inference_compiles_with_xla_and_matches_the_plain_pass(trained_dir, data_dir,
+                                                                        tmp_path):
+  """--inference_precision=float32 turns XLA on (--jit_compile=auto); the CSV must list the
+  same videos and, up to float32 rounding, the same scores as the plain float32 pass."""
+  train_dir, _ = trained_dir
+  outputs, logs = {}, {}
+  for jit in ("auto", "false"):
+    output = str(tmp_path / ("%s.csv" % jit))
+    result = run_script("inference.py", [
+        "--train_dir=" + train_dir, "--output_file=" + output, "--top_k=4",
+        "--input_data_pattern=%s/test*.tfrecord" % data_dir, "--batch_size=32",
+        "--inference_precision=float32", "--jit_compile=" + jit])
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs[jit], logs[jit] = read_csv(output), result.stderr
+  assert "forward pass with XLA" in logs["auto"]
+  assert "forward pass without XLA" in logs["false"]
+  assert len(outputs["auto"]) == len(outputs["false"]) == 71  # 70 videos: a partial last batch
+  for xla_line, plain_line in zip(outputs["auto"][1:], outputs["false"][1:]):
+    xla_id, xla_pairs = xla_line.split(",")
+    plain_id, plain_pairs = plain_line.split(",")
+    assert xla_id == plain_id
+    xla_scores = dict(zip(xla_pairs.split()[0::2], map(float, xla_pairs.split()[1::2])))
+    plain_scores = dict(zip(plain_pairs.split()[0::2], map(float, plain_pairs.split()[1::2])))
+    for label in set(xla_scores) & set(plain_scores):
+      assert abs(xla_scores[label] - plain_scores[label]) <= 2e-5
+    assert len(set(xla_scores) & set(plain_scores)) >= 3  # at most a tie swaps the 4th label
+
+
+def test_jit_compile_flag_is_checked():
+  assert inference.inference_uses_xla("auto", "float32")
+  assert not inference.inference_uses_xla("auto", "float64")
+  assert inference.inference_uses_xla("True", "float64")
+  assert not inference.inference_uses_xla("false", "float32")
+  with pytest.raises(utils.InputError, match="--jit_compile must be auto, true or false"):
+    inference.inference_uses_xla("yes", "float32")
