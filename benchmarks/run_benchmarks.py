@@ -141,13 +141,14 @@ def child_inference(a):
   import flops
   import models
   config, values = _config_and_flags(a.config)
+  import inference
   model = models.build_model(config)
   model.compute_dtype = tf.as_dtype(a.precision)
   batch = _random_batch(config, a.batch)
-
-  @tf.function
-  def predict(video_matrix, num_frames):
-    return tf.math.top_k(model(video_matrix, num_frames, training=False)["predictions"], 50)
+  # As inference.py: XLA with --jit_compile=auto only in float32.
+  jit = inference.inference_uses_xla("auto" if a.jit_compile is None else a.jit_compile,
+                                     a.precision)
+  predict = inference.make_predict_fn(model, 50, jit)
 
   steps, seconds = _time_steps(
       lambda: predict(batch["video_matrix"], batch["num_frames"])[0].numpy(),
@@ -365,7 +366,8 @@ def run_all(a):
                               for k, r in train.items()))
 
   if "inference" not in skip:
-    print("\n4. inference (forward + top-50), random inputs; batch = min(README batch, %s)"
+    print("\n4. inference (forward + top-50), random inputs; batch = min(README batch, %s); "
+          "XLA in float32, as inference.py's --jit_compile=auto"
           % (a.inference_batch_cap or "no cap"))
     print("%-11s %6s %-8s %9s %9s  %7s  %6s %8s %8s" % (
         "config", "batch", "dtype", "videos/s", "GF/video", "GFLOP/s", "%peak", "RSS MB",
