@@ -45,8 +45,8 @@ def format_rows(video_ids, classes, scores) -> str:
 
 def inference_uses_xla(jit_compile, precision: str) -> bool:
   """XLA compiles the forward pass with --jit_compile=true, or auto in float32 (gated DBoF
-  1.4-1.5x faster; BENCHMARKS.md). Not by default in float64: XLA's kernels differ with the
-  batch shape, which would give up scores identical across batch sizes."""
+  1.7x and LSTM 1.6x faster; BENCHMARKS.md). Not by default in float64: XLA's kernels differ
+  with the batch shape, which would give up scores identical across batch sizes."""
   mode = utils.jit_compile_mode(jit_compile)
   return mode == "true" or (mode == "auto" and precision == "float32")
 
