@@ -83,7 +83,7 @@ def load_trained_model(train_dir: str, check_point: int, requested: models.Model
   """Returns (model, config, checkpoint path) for eval/inference; errors name train_dir.
 
   The model computes in `precision` (see --inference_precision)."""
-  _dtype(precision)
+  _dtype(precision)  # a bad --inference_precision fails before the checkpoint search
   path = find_checkpoint(train_dir, check_point)
   if path is None:
     raise InputError("train_dir %s holds no checkpoint" % train_dir)
@@ -105,7 +105,7 @@ def build_model_to_restore(train_dir: str, requested: models.ModelConfig,
 
 
 def restore_trained_weights(model: models.BaseModel, config: models.ModelConfig, path: str):
-  """Loads the checkpoint at `path` into a model built by load_trained_model (eval.py reuses
+  """Loads the checkpoint at `path` into a model from build_model_to_restore (eval.py reuses
   one model for every checkpoint it watches); errors name the checkpoint."""
   try:
     restore_weights(model, path)

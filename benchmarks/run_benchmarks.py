@@ -139,9 +139,9 @@ def child_e2e(a):
 def child_inference(a):
   import tensorflow as tf
   import flops
+  import inference
   import models
   config, values = _config_and_flags(a.config)
-  import inference
   model = models.build_model(config)
   model.compute_dtype = tf.as_dtype(a.precision)
   batch = _random_batch(config, a.batch)

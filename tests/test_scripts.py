@@ -253,7 +253,7 @@ def test_eval_restores_each_new_checkpoint_into_one_model(trained_dir, data_dir,
   for name in tf.io.gfile.glob(first + ".*"):
     shutil.copy(name, watched)
   untrained = models.build_model(config)  # the "newer" checkpoint: different weights
-  untrained(tf.zeros([1, 4, 1152]), tf.constant([4]), training=False)
+  untrained(tf.zeros([1, 4, config.input_size]), tf.constant([4]), training=False)
   pattern = os.path.join(data_dir, "validate*.tfrecord")
 
   class StopWatching(Exception):
