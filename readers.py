@@ -129,6 +129,8 @@ def _assert_records(all_ok, record, names, video_ids, problem):
   video = _at(video_ids, record, "")
   video = tf.where(tf.strings.length(video) > 0, video, "(no id)")
   text = tf.strings.join([_at(names, record, ""), ": video ", video, ": ", problem])
+  # A corrupt id may not be UTF-8; Python could then not even decode TensorFlow's error.
+  text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
   return tf.debugging.Assert(all_ok, [text])
 
 

@@ -304,15 +304,9 @@ def check_kill_records(records, num_kills):
 
 def test_sigkill_at_random_moments_then_restart_resumes_from_the_last_complete_checkpoint(
     data_dir, tmp_path):
+  # 12 kills: every mode of kill_plan's cycle, then two more random ones.
   train_dir = str(tmp_path / "train")
-  records = kill_and_restart(data_dir, train_dir, num_kills=10, seed=FAULT_SEED)
-  check_kill_records(records, 10)
-
-
-@pytest.mark.slow
-def test_sigkill_many_more_times(data_dir, tmp_path):
-  train_dir = str(tmp_path / "train")
-  records = kill_and_restart(data_dir, train_dir, num_kills=12, seed=FAULT_SEED + 1)
+  records = kill_and_restart(data_dir, train_dir, num_kills=12, seed=FAULT_SEED)
   check_kill_records(records, 12)
 
 
