@@ -291,7 +291,7 @@ _ASCII_ZEROS = {np.dtype(np.uint32): np.uint32(0x30303030),
 
 def _fast_labels(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray):
   """(labels, ok): tokens of 1 to 4 (else 8) ASCII digits, left-filled with '0' to a word."""
-  dtype = np.dtype(np.uint32 if lengths.max() <= 4 else np.uint64)
+  dtype = np.dtype(np.uint32 if lengths.max(initial=0) <= 4 else np.uint64)  # may be empty
   keep, zeros = _LABEL_FILLERS[dtype]
   clipped = np.minimum(lengths, dtype.itemsize)
   words = _words_ending_at(raw, ends, dtype)

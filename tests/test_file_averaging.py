@@ -1,7 +1,10 @@
-"""Tests of file_averaging.py: hand-computed blends, the output format, the CLI and bad inputs."""
+"""Tests of file_averaging.py: hand-computed blends, the output format, the CLI, bad inputs
+and a differential fuzz against a plain Python parser."""
 import collections
+import math
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -103,6 +106,13 @@ def test_ties_created_by_different_inputs(tmp_path):
   b = write_csv(tmp_path, "b.csv", ["v,20 0.4 10 0.2"])
   # 10: (0.2 + 0.2) / 2, 20: 0.4 / 2, 30: 0.4 / 2 -> all 0.2; ties go to the smaller label.
   assert blend_text([(a, 1), (b, 1)], top_k=2) == HEADER + "v,10 0.200000 20 0.200000\n"
+
+
+def test_inputs_where_no_video_has_pairs(tmp_path):
+  # Found by the fuzz test below: a file (or a read block) without any pair crashed.
+  a = write_csv(tmp_path, "a.csv", ["v,", "w,"])
+  b = write_csv(tmp_path, "b.csv", ["w,"])
+  assert blend_text([(a, 1.0), (b, 1.0)]) == HEADER + "v,\nw,\n"
 
 
 def test_fewer_labels_than_top_k_and_a_video_without_pairs(tmp_path):
@@ -373,3 +383,122 @@ def test_library_raises_input_error(tmp_path):
     file_averaging.average_files([(path, 1)], top_k=0)
   with pytest.raises(InputError, match="label 1 is out of range"):
     file_averaging.average_files([(path, 1)], num_classes=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Differential fuzz: mutated inputs give either the blend of a plain Python parser of the same
+# grammar, or a one-line InputError naming the mutated file exactly when that parser rejects it.
+
+FUZZ_CLASSES = 50
+FUZZ_BYTES = b" ,\n0123456789.-eE+\r\0\t\xffx"
+
+
+def plain_blend_or_none(inputs, top_k):
+  """The submission bytes by the grammar of the module docstring, or None for a bad input."""
+  sums = collections.OrderedDict()
+  for path, weight in inputs:
+    with open(path, "rb") as f:
+      lines = f.read().split(b"\n")
+    rows = lines[1:-1] if lines[-1] == b"" else lines[1:]
+    if lines[0] != HEADER.encode().rstrip(b"\n") or not rows:
+      return None
+    seen = set()
+    for line in rows:
+      if line.count(b",") != 1:
+        return None
+      video, pairs = line.split(b",")
+      if (not video or b" " in video or b"\0" in video or video in seen
+          or len(video) > file_averaging.MAX_ID_BYTES):
+        return None
+      seen.add(video)
+      tokens = pairs.split(b" ") if pairs else []
+      if b"" in tokens or len(tokens) % 2:
+        return None
+      labels = tokens[0::2]
+      if (any(re.fullmatch(rb"[0-9]+", label) is None for label in labels)
+          or len(set(map(int, labels))) < len(labels)
+          or any(int(label) >= FUZZ_CLASSES for label in labels)):
+        return None
+      try:
+        scores = [float(score) for score in tokens[1::2]]
+      except ValueError:
+        return None
+      if not all(map(math.isfinite, scores)):
+        return None
+      counter = sums.setdefault(video, collections.Counter())
+      for label, score in zip(labels, scores):
+        counter[int(label)] += weight * score
+  total = sum(weight for _, weight in inputs)
+  lines = [HEADER.encode()]
+  for video, counter in sums.items():
+    best = sorted((-value / total, label) for label, value in counter.items())[:top_k]
+    lines.append(video + b"," + b" ".join(b"%d %.6f" % (label, -score) for score, label in best)
+                 + b"\n")
+  return b"".join(lines)
+
+
+def fuzz_csv(rng):
+  rows = []
+  for i in range(rng.randint(1, 12)):
+    video = rng.choice([b"%08d" % i, b"id_%d" % i, b"02CroU5sJF%d" % i])
+    labels = rng.sample(range(FUZZ_CLASSES), rng.choice([0, 1, 3, 5, 5, 5]))
+    scores = [rng.choice([b"%.6f" % rng.random(), b"0.5", b"1e-3", b"%.6f" % (3 * rng.random())])
+              for _ in labels]
+    rows.append(video + b"," + b" ".join(b"%d %s" % pair for pair in zip(labels, scores)))
+  return HEADER.encode() + b"\n".join(rows) + rng.choice([b"\n", b""])
+
+
+def mutated(data, rng):
+  data = bytearray(data)
+  for _ in range(rng.randint(1, 3)):
+    position = rng.randrange(len(data) + 1)
+    operation = rng.randrange(6) if position < len(data) else rng.choice([1, 3])
+    if operation == 0:
+      data[position] = rng.choice(FUZZ_BYTES)
+    elif operation == 1:
+      data.insert(position, rng.choice(FUZZ_BYTES))
+    elif operation == 2:
+      del data[position]
+    elif operation == 3:
+      del data[position:]
+    elif operation == 4:
+      data[position] ^= 1 << rng.randrange(8)
+    else:  # repeat a line elsewhere
+      lines = bytes(data).split(b"\n")
+      lines.insert(rng.randrange(1, len(lines) + 1), lines[rng.randrange(len(lines))])
+      data = bytearray(b"\n".join(lines))
+  return bytes(data)
+
+
+def test_fuzzed_inputs_blend_like_a_plain_parser_or_fail_cleanly(tmp_path, monkeypatch):
+  rng = random.Random(3)
+  outcomes = collections.Counter()
+  out = str(tmp_path / "out.csv")
+  for _ in range(1000):
+    # Tiny blocks too, so that blocks holding no pair or one line are common.
+    monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", rng.choice([64, 97, 4 << 20]))
+    monkeypatch.setattr(file_averaging, "BLEND_BLOCK_VIDEOS", rng.choice([1, 3, 256]))
+    inputs = []
+    for number in range(rng.randint(1, 3)):
+      path = str(tmp_path / ("in%d.csv" % number))
+      with open(path, "wb") as f:
+        f.write(mutated(fuzz_csv(rng), rng) if number == 0 else fuzz_csv(rng))
+      inputs.append((path, rng.choice([1.0, 0.5, 2.0])))
+    top_k = rng.choice([1, 3, 20])
+    expected = plain_blend_or_none(inputs, top_k)
+    with open(inputs[0][0], "rb") as f:
+      case = f.read()
+    try:
+      blend = file_averaging.average_files(inputs, top_k=top_k, num_classes=FUZZ_CLASSES,
+                                           workers=rng.choice([1, 2]))
+      file_averaging.write_submission(blend, out)
+    except InputError as e:
+      assert expected is None, (case, str(e))
+      assert str(e).startswith(inputs[0][0] + ": ") and "\n" not in str(e), (case, str(e))
+      outcomes["error"] += 1
+    else:
+      with open(out, "rb") as f:
+        assert f.read() == expected, case
+      outcomes["blended"] += 1
+  # Both outcomes are common: the mutations reach past the first checks.
+  assert outcomes["error"] >= 300 and outcomes["blended"] >= 100, outcomes
