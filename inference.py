@@ -6,11 +6,13 @@ with the top_k classes by descending score and scores with 6 decimals. Predictio
 depend on batch size or batch composition (moving batch-norm statistics, deterministic frame
 sampling), unlike the original's. The file is written under a temporary name and renamed once
 complete. With --num_tasks=N --task_index=i (or a TF_CONFIG task) the input files are split
-in N parts and this process writes part i; `python inference.py --merge_parts ...` joins them.
+in N parts and this process writes part i; `python inference.py --merge_parts ...` joins them
+once all N are there. Video ids are written byte for byte, UTF-8 or not.
 """
 import glob
 import json
 import os
+import re
 import sys
 import time
 
@@ -31,16 +33,19 @@ import utils
 
 FLAGS = flags.FLAGS
 
-HEADER = "VideoId,LabelConfidencePairs\n"
+HEADER = b"VideoId,LabelConfidencePairs\n"
 
 
-def format_rows(video_ids, classes, scores) -> str:
-  """CSV lines for a batch: ids [B] bytes, classes/scores [B, k] sorted by score."""
+def format_rows(video_ids, classes, scores) -> bytes:
+  """CSV lines for a batch: ids [B] bytes, classes/scores [B, k] sorted by score.
+
+  Ids are copied as bytes: one that is not UTF-8 (a corrupt record) must not end a long run.
+  """
   lines = []
   for video_id, row_classes, row_scores in zip(video_ids, classes, scores):
-    pairs = " ".join("%d %f" % pair for pair in zip(row_classes.tolist(), row_scores.tolist()))
-    lines.append("%s,%s\n" % (video_id.decode("utf-8"), pairs))
-  return "".join(lines)
+    pairs = b" ".join(b"%d %f" % pair for pair in zip(row_classes.tolist(), row_scores.tolist()))
+    lines.append(b"%s,%s\n" % (video_id, pairs))
+  return b"".join(lines)
 
 
 def inference_uses_xla(jit_compile, precision: str) -> bool:
@@ -98,7 +103,7 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
       num_shards=num_tasks, shard_index=task_index, skip_corrupt_records=skip_corrupt_records)
   predict = make_predict_fn(model, top_k, jit_compile)
   start, count = time.time(), 0
-  with utils.atomic_output(output_file) as out:
+  with utils.atomic_output(output_file, "wb") as out:
     out.write(HEADER)
     try:
       for batch in dataset:
@@ -115,23 +120,45 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
 
 def merge_parts(output_file: str, parts):
   """Concatenates part CSVs (each with its header) into output_file, in part order."""
-  with utils.atomic_output(output_file) as out:
+  with utils.atomic_output(output_file, "wb") as out:
     out.write(HEADER)
     for part in parts:
-      with open(part) as f:
+      with open(part, "rb") as f:
         if f.readline() != HEADER:
           raise utils.InputError("%s: not an inference CSV part (bad header)" % part)
         for line in f:
           out.write(line)
 
 
+def complete_parts(output_file: str):
+  """The part files of output_file in order, once every part of one split is there."""
+  pattern = re.compile(re.escape(output_file) + r"\.part-(\d{5})-of-(\d{5})")
+  found = {}
+  for path in glob.glob(glob.escape(output_file) + ".part-*-of-*"):
+    match = pattern.fullmatch(path)
+    if match:
+      found[int(match.group(1)), int(match.group(2))] = path
+  if not found:
+    raise utils.InputError("no parts %s.part-*-of-* to merge" % output_file)
+  splits = sorted({num_tasks for _, num_tasks in found})
+  if len(splits) > 1:
+    raise utils.InputError(
+        "%s has parts of %s different splits (of %s tasks): remove the stale ones" % (
+            output_file, len(splits), " and ".join(map(str, splits))))
+  num_tasks = splits[0]
+  missing = [part_file_name(output_file, index, num_tasks) for index in range(num_tasks)
+             if (index, num_tasks) not in found]
+  if missing:
+    raise utils.InputError("%d of %d parts missing, e.g. %s (a process has not finished?)" % (
+        len(missing), num_tasks, missing[0]))
+  return [found[index, num_tasks] for index in range(num_tasks)]
+
+
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
   script_flags.require_flags(nonempty=["output_file"])
   if FLAGS.merge_parts:
-    parts = sorted(glob.glob(FLAGS.output_file + ".part-*-of-*"))
-    if not parts:
-      raise utils.InputError("no parts %s.part-*-of-* to merge" % FLAGS.output_file)
+    parts = complete_parts(FLAGS.output_file)
     merge_parts(FLAGS.output_file, parts)
     logging.info("merged %d parts into %s", len(parts), FLAGS.output_file)
     return

@@ -140,6 +140,50 @@ def test_inference_in_two_parts_merges_to_the_single_process_output(trained_dir,
   assert sorted(read_csv(output)) == sorted(read_csv(whole))
 
 
+def test_merge_waits_for_every_part_of_one_split(tmp_path, capsys):
+  output = str(tmp_path / "merged.csv")
+
+  def write_part(index, num_tasks, rows):
+    with open(inference.part_file_name(output, index, num_tasks), "wb") as f:
+      f.write(inference.HEADER + b"".join(row + b"\n" for row in rows))
+
+  write_part(0, 3, [b"a,1 0.500000"])
+  write_part(2, 3, [b"c,1 0.500000"])
+  with pytest.raises(utils.InputError, match=r"1 of 3 parts missing, e\.g\. .*merged\.csv\."
+                                       r"part-00001-of-00003 \(a process has not finished\?\)"):
+    inference.complete_parts(output)
+  write_part(1, 3, [b"b\xff,2 0.250000"])  # ids are copied byte for byte
+  write_part(0, 2, [b"stale,1 0.5"])
+  with pytest.raises(utils.InputError,
+                     match="parts of 2 different splits \\(of 2 and 3 tasks\\)"):
+    inference.complete_parts(output)
+  os.remove(inference.part_file_name(output, 0, 2))
+  inference.merge_parts(output, inference.complete_parts(output))
+  with open(output, "rb") as f:
+    assert f.read() == (b"VideoId,LabelConfidencePairs\na,1 0.500000\nb\xff,2 0.250000\n"
+                        b"c,1 0.500000\n")
+
+
+def test_inference_writes_an_id_that_is_not_utf8_byte_for_byte(trained_dir, data_dir, tmp_path):
+  # Such an id (a corrupt but parseable record) used to end inference with a traceback.
+  train_dir, _ = trained_dir
+  files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "test*.tfrecord")))
+  records = [r.numpy() for r in tf.data.TFRecordDataset(files[:1]).take(3)]
+  example = tf.train.SequenceExample.FromString(records[1])
+  example.context.feature["id"].bytes_list.value[0] = b"\xb0id\xff"
+  records[1] = example.SerializeToString()
+  pattern = str(tmp_path / "odd.tfrecord")
+  with tf.io.TFRecordWriter(pattern) as writer:
+    for record in records:
+      writer.write(record)
+  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  output = str(tmp_path / "odd.csv")
+  assert inference.run_inference(model, config, pattern, output, 2, 3, 1) == 3
+  with open(output, "rb") as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 4 and lines[2].startswith(b"\xb0id\xff,")
+
+
 def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
   train_dir, _ = trained_dir
   model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
@@ -153,7 +197,7 @@ def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
   for line, video_id, classes, scores in zip(read_csv(csv)[1:], out["video_id"].numpy(),
                                              out["class_indexes"].numpy(),
                                              out["predictions"].numpy()):
-    expected = inference.format_rows([video_id], classes[None], scores[None]).strip()
+    expected = inference.format_rows([video_id], classes[None], scores[None]).decode().strip()
     assert line == expected
 
 
