@@ -9,7 +9,8 @@
 5. Blends them into WILLOW_submission.csv (file_averaging.py) and scores the blend against the
    generated ground truth.
 
-  python demo.py [--output_dir=demo_output] [--quick]
+  python demo.py [--output_dir=demo_output] [--quick] [--models=netvlad,lstm]
+      [--train_flags="--mixed_precision=bf16"]
 """
 import argparse
 import os
@@ -114,6 +115,9 @@ def main():
   parser.add_argument("--videos", type=int, default=2000, help="training videos")
   parser.add_argument("--quick", action="store_true", help="a few steps per model (tests)")
   parser.add_argument("--models", default="", help="comma-separated subset of config keys")
+  parser.add_argument("--train_flags", default="",
+                      help="extra flags for every train.py line (they come last, so they win), "
+                           "e.g. --train_flags=--mixed_precision=bf16")
   args = parser.parse_args()
   start = time.time()
   out = os.path.abspath(args.output_dir)
@@ -126,8 +130,11 @@ def main():
   for number, willow in enumerate(chosen, 1):
     print("[2-4/5] %d/%d %s" % (number, len(chosen), willow.title), flush=True)
     train, inference = scaled_commands(willow, data_dir, args.quick)
-    train = configurations.with_flag(train, "start_new_model", "True")
+    train = configurations.with_flag(train, "start_new_model", "True") + shlex.split(
+        args.train_flags)
+    started = time.time()
     log = run(train, os.path.join(logs, willow.key + "-train.log"), out)
+    print("  trained in %.0f s" % (time.time() - started), flush=True)
     params = parameter_count(log)
     evaluation = ["eval.py", "--train_dir=" + willow.train_dir, "--run_once=True",
                   "--eval_data_pattern=%s/validate*.tfrecord" % data_dir, "--batch_size=256"]

@@ -18,9 +18,14 @@ DEMO_MODELS = ("netvlad", "soft_dbof", "lstm")
 def test_demo_pipeline_writes_a_blended_submission(tmp_path):
   result = subprocess.run(
       [sys.executable, os.path.join(ROOT, "demo.py"), "--quick", "--videos=64",
-       "--models=" + ",".join(DEMO_MODELS), "--output_dir=%s" % tmp_path],
+       "--models=" + ",".join(DEMO_MODELS), "--output_dir=%s" % tmp_path,
+       "--train_flags=--log_steps=5 --export_model_steps=0"],
       capture_output=True, text=True, timeout=1500)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  train_lines = [l for l in result.stdout.splitlines() if l.startswith("  $ python train.py")]
+  assert len(train_lines) == len(DEMO_MODELS)
+  assert all(l.endswith(" --log_steps=5 --export_model_steps=0") for l in train_lines)
+  assert result.stdout.count("  trained in ") == len(DEMO_MODELS)
   for willow in configurations.WILLOW_CONFIGS:
     assert (willow.title in result.stdout) == (willow.key in DEMO_MODELS)
     assert (tmp_path / willow.inference_output).exists() == (willow.key in DEMO_MODELS)
