@@ -467,12 +467,13 @@ class Trainer:
                            "--start_new_model" % self.options.train_dir)
 
   def save(self, reason: str):
-    used = 0
+    used, started = 0, time.time()
     if self.options.bn_calibration_batches > 0 and model_blocks_has_batch_norm(self.model):
       if self._calibration_batches is None:  # tracing a pipeline takes seconds: build it once
         self._calibration_batches = self.calibration_batches()
       used = calibrate_batch_norm(self.model, self._calibration_batches,
                                   self.options.bn_calibration_batches)
+    calibration_seconds = time.time() - started
     self._check_weights_are_finite()
     try:
       path = self.manager.save(checkpoint_number=self.step)
@@ -482,7 +483,8 @@ class Trainer:
           "%s" % (self.step, self.checkpoint_dir, readers.error_message(e),
                   tf.train.latest_checkpoint(self.checkpoint_dir)))
     logging.info("saved %s (%s%s)", path if self.chief else "worker checkpoint", reason,
-                 ", batch-norm statistics over %d batches" % used if used else "")
+                 ", batch-norm statistics over %d batches in %.1f s" % (used, calibration_seconds)
+                 if used else "")
     return path
 
   def _check_weights_are_finite(self):
