@@ -48,12 +48,23 @@ def format_rows(video_ids, classes, scores) -> bytes:
   return b"".join(lines)
 
 
-def inference_uses_xla(jit_compile, precision: str) -> bool:
+# XLA's CPU matrix product runs a contraction this long or longer at about half the rate of
+# TensorFlow's own kernel: the hidden layer of the full-size VLAD / FV models (278528 inputs).
+LONG_CONTRACTION = 65536
+
+
+def inference_uses_xla(jit_compile, precision: str, model=None) -> bool:
   """XLA compiles the forward pass with --jit_compile=true, or auto in float32 (gated DBoF
-  1.7x and LSTM 1.6x faster; BENCHMARKS.md). Not by default in float64: XLA's kernels differ
-  with the batch shape, which would give up scores identical across batch sizes."""
+  1.7x and LSTM 1.6x faster; BENCHMARKS.md) unless the model has a hidden layer of at least
+  LONG_CONTRACTION inputs (full-size NetVLAD / NetFV / NetRVLAD: 1.1-1.2x faster without).
+  Not by default in float64: XLA's kernels differ with the batch shape, which would give up
+  scores identical across batch sizes."""
   mode = utils.jit_compile_mode(jit_compile)
-  return mode == "true" or (mode == "auto" and precision == "float32")
+  if mode != "auto":
+    return mode == "true"
+  hidden = getattr(model, "hidden", None)
+  long_contraction = hidden is not None and hidden.weights.shape[0] >= LONG_CONTRACTION
+  return precision == "float32" and not long_contraction
 
 
 def make_predict_fn(model, top_k: int, jit_compile: bool = False):
@@ -172,7 +183,7 @@ def main(unused_argv):
                                                                        config.num_classes))
   task_index, num_tasks = task_split(FLAGS.task_index, FLAGS.num_tasks)
   output_file = part_file_name(FLAGS.output_file, task_index, num_tasks)
-  use_xla = inference_uses_xla(FLAGS.jit_compile, FLAGS.inference_precision)
+  use_xla = inference_uses_xla(FLAGS.jit_compile, FLAGS.inference_precision, model)
   logging.info("forward pass %s XLA (--jit_compile=%s, --inference_precision=%s)",
                "with" if use_xla else "without", FLAGS.jit_compile, FLAGS.inference_precision)
   run_inference(model, config, FLAGS.input_data_pattern, output_file, FLAGS.batch_size,

@@ -145,9 +145,9 @@ def child_inference(a):
   model = models.build_model(config)
   model.compute_dtype = tf.as_dtype(a.precision)
   batch = _random_batch(config, a.batch)
-  # As inference.py: XLA with --jit_compile=auto only in float32.
+  # As inference.py: with --jit_compile=auto, XLA in float32 except for long hidden layers.
   jit = inference.inference_uses_xla("auto" if a.jit_compile is None else a.jit_compile,
-                                     a.precision)
+                                     a.precision, model)
   predict = inference.make_predict_fn(model, 50, jit)
 
   steps, seconds = _time_steps(

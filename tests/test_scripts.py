@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -360,5 +361,11 @@ def test_jit_compile_flag_is_checked():
   assert not inference.inference_uses_xla("auto", "float64")
   assert inference.inference_uses_xla("True", "float64")
   assert not inference.inference_uses_xla("false", "float32")
+  # auto leaves out models whose hidden layer contracts >= LONG_CONTRACTION inputs.
+  def with_hidden(inputs):
+    return types.SimpleNamespace(hidden=types.SimpleNamespace(weights=np.zeros((inputs, 1))))
+  assert not inference.inference_uses_xla("auto", "float32", with_hidden(278528))
+  assert inference.inference_uses_xla("auto", "float32", with_hidden(4608))
+  assert inference.inference_uses_xla("true", "float32", with_hidden(278528))
   with pytest.raises(utils.InputError, match="--jit_compile must be auto, true or false"):
     inference.inference_uses_xla("yes", "float32")
