@@ -830,7 +830,8 @@ def describe_data_error(exc: Exception, data_pattern: Optional[str] = None) -> u
       return utils.InputError(
           "%s: not a valid TFRecord file: %s record at byte %d (record %d of the file; reading "
           "%s)" % (path, match.group("problem").split()[0], offset, index, data_pattern))
-    return utils.InputError("%s is not a valid TFRecord file (%s)" % (where, match.group("problem")))
+    return utils.InputError("%s is not a valid TFRecord file (%s)" % (where,
+                                                                      match.group("problem")))
   message = _first_line(exc)
   if data_pattern:
     message = "%s (reading %s)" % (message, data_pattern)
