@@ -43,25 +43,50 @@ def run_main(argv):
   file_averaging.main(["file_averaging.py"], flag_values)
 
 
-def reference_blend(inputs, top_k):
-  """The original algorithm, written plainly: Counter sums in input order, top_k, "%.6f"."""
-  sums = collections.defaultdict(collections.Counter)
+def reference_blend(inputs, top_k, num_classes=file_averaging.DEFAULT_NUM_CLASSES):
+  """The original algorithm, written plainly (Counter sums in input order, top_k, "%.6f"),
+  with file_averaging's grammar checked line by line: the submission as bytes, or None for
+  a bad input."""
+  sums = collections.OrderedDict()
   for path, weight in inputs:
-    with open(path) as f:
-      next(f)
-      for line in f:
-        video, pairs = line.rstrip("\n").split(",")
-        tokens = pairs.split(" ") if pairs else []
-        counter = sums[video]  # a video without pairs still gets a row
-        for i in range(0, len(tokens), 2):
-          counter[int(tokens[i])] += weight * float(tokens[i + 1])
+    with open(path, "rb") as f:
+      lines = f.read().split(b"\n")
+    rows = lines[1:-1] if lines[-1] == b"" else lines[1:]
+    if lines[0] != HEADER.encode().rstrip(b"\n") or not rows:
+      return None
+    seen = set()
+    for line in rows:
+      if line.count(b",") != 1:
+        return None
+      video, pairs = line.split(b",")
+      if (not video or b" " in video or b"\0" in video or video in seen
+          or len(video) > file_averaging.MAX_ID_BYTES):
+        return None
+      seen.add(video)
+      tokens = pairs.split(b" ") if pairs else []
+      if b"" in tokens or len(tokens) % 2:
+        return None
+      labels = tokens[0::2]
+      if (any(re.fullmatch(rb"[0-9]+", label) is None for label in labels)
+          or len(set(map(int, labels))) < len(labels)
+          or any(int(label) >= num_classes for label in labels)):
+        return None
+      try:
+        scores = [float(score) for score in tokens[1::2]]
+      except ValueError:
+        return None
+      if not all(map(math.isfinite, scores)):
+        return None
+      counter = sums.setdefault(video, collections.Counter())
+      for label, score in zip(labels, scores):
+        counter[int(label)] += weight * score
   total = sum(weight for _, weight in inputs)
-  lines = [HEADER]
+  lines = [HEADER.encode()]
   for video, counter in sums.items():
-    best = sorted(((-value / total, label) for label, value in counter.items()))[:top_k]
-    lines.append(video + "," + " ".join("%d %.6f" % (label, -score) for score, label in best)
-                 + "\n")
-  return "".join(lines)
+    best = sorted((-value / total, label) for label, value in counter.items())[:top_k]
+    lines.append(video + b"," + b" ".join(b"%d %.6f" % (label, -score) for score, label in best)
+                 + b"\n")
+  return b"".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +198,7 @@ def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypa
   for top_k in (1, 5, 40):
     for workers in (1, 2):
       assert (blend_text(inputs, top_k=top_k, num_classes=30, workers=workers)
-              == reference_blend(inputs, top_k))
+              == reference_blend(inputs, top_k).decode())
 
 
 def test_scores_in_other_notations_parse_like_float(tmp_path):
@@ -365,7 +390,7 @@ def test_id_hash_collisions_fall_back_to_exact_ids(tmp_path, monkeypatch):
   a = write_csv(tmp_path, "a.csv", ["x,1 0.5", "y,2 0.5", "0001,3 0.1"])
   b = write_csv(tmp_path, "b.csv", ["y,2 0.25", "z,1 0.5", "001,3 0.2"])
   inputs = [(a, 1.0), (b, 1.0)]
-  expected = reference_blend(inputs, 20)
+  expected = reference_blend(inputs, 20).decode()
   # Every id collides within a file, then only across files (keyed on the last byte).
   monkeypatch.setattr(file_averaging, "id_keys", lambda ids: np.zeros(len(ids), np.uint64))
   assert blend_text(inputs) == expected
@@ -386,55 +411,11 @@ def test_library_raises_input_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Differential fuzz: mutated inputs give either the blend of a plain Python parser of the same
-# grammar, or a one-line InputError naming the mutated file exactly when that parser rejects it.
+# Differential fuzz: mutated inputs give either reference_blend's blend, or a one-line
+# InputError naming the mutated file exactly when reference_blend rejects them.
 
 FUZZ_CLASSES = 50
 FUZZ_BYTES = b" ,\n0123456789.-eE+\r\0\t\xffx"
-
-
-def plain_blend_or_none(inputs, top_k):
-  """The submission bytes by the grammar of the module docstring, or None for a bad input."""
-  sums = collections.OrderedDict()
-  for path, weight in inputs:
-    with open(path, "rb") as f:
-      lines = f.read().split(b"\n")
-    rows = lines[1:-1] if lines[-1] == b"" else lines[1:]
-    if lines[0] != HEADER.encode().rstrip(b"\n") or not rows:
-      return None
-    seen = set()
-    for line in rows:
-      if line.count(b",") != 1:
-        return None
-      video, pairs = line.split(b",")
-      if (not video or b" " in video or b"\0" in video or video in seen
-          or len(video) > file_averaging.MAX_ID_BYTES):
-        return None
-      seen.add(video)
-      tokens = pairs.split(b" ") if pairs else []
-      if b"" in tokens or len(tokens) % 2:
-        return None
-      labels = tokens[0::2]
-      if (any(re.fullmatch(rb"[0-9]+", label) is None for label in labels)
-          or len(set(map(int, labels))) < len(labels)
-          or any(int(label) >= FUZZ_CLASSES for label in labels)):
-        return None
-      try:
-        scores = [float(score) for score in tokens[1::2]]
-      except ValueError:
-        return None
-      if not all(map(math.isfinite, scores)):
-        return None
-      counter = sums.setdefault(video, collections.Counter())
-      for label, score in zip(labels, scores):
-        counter[int(label)] += weight * score
-  total = sum(weight for _, weight in inputs)
-  lines = [HEADER.encode()]
-  for video, counter in sums.items():
-    best = sorted((-value / total, label) for label, value in counter.items())[:top_k]
-    lines.append(video + b"," + b" ".join(b"%d %.6f" % (label, -score) for score, label in best)
-                 + b"\n")
-  return b"".join(lines)
 
 
 def fuzz_csv(rng):
@@ -485,7 +466,7 @@ def test_fuzzed_inputs_blend_like_a_plain_parser_or_fail_cleanly(tmp_path, monke
         f.write(mutated(fuzz_csv(rng), rng) if number == 0 else fuzz_csv(rng))
       inputs.append((path, rng.choice([1.0, 0.5, 2.0])))
     top_k = rng.choice([1, 3, 20])
-    expected = plain_blend_or_none(inputs, top_k)
+    expected = reference_blend(inputs, top_k, FUZZ_CLASSES)
     with open(inputs[0][0], "rb") as f:
       case = f.read()
     try:
