@@ -167,7 +167,8 @@ def define_flags(script: str, fv=None):
                 "Compile with XLA: auto, true or false. train: the train step (auto: on one "
                 "replica without --seed, since XLA ignores the samplers' op seeds); inference: "
                 "the forward pass (auto: only with --inference_precision=float32, since XLA "
-                "gives up scores identical across batch sizes).")
+                "gives up scores identical across batch sizes, and not for a hidden layer of "
+                "65536 inputs or more, whose product XLA runs at half TensorFlow's rate).")
   define_string("mixed_precision", "none",
                 "Training compute dtype: none (float32) or bf16 (variables, loss and batch-norm "
                 "statistics stay float32). fp16 is not supported (CPU training; no loss scaling).")

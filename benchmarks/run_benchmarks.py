@@ -367,7 +367,8 @@ def run_all(a):
 
   if "inference" not in skip:
     print("\n4. inference (forward + top-50), random inputs; batch = min(README batch, %s); "
-          "XLA in float32, as inference.py's --jit_compile=auto"
+          "XLA as inference.py's --jit_compile=auto (float32, not for hidden layers of >= "
+          "65536 inputs)"
           % (a.inference_batch_cap or "no cap"))
     print("%-11s %6s %-8s %9s %9s  %7s  %6s %8s %8s" % (
         "config", "batch", "dtype", "videos/s", "GF/video", "GFLOP/s", "%peak", "RSS MB",

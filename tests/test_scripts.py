@@ -141,7 +141,7 @@ def test_inference_in_two_parts_merges_to_the_single_process_output(trained_dir,
   assert sorted(read_csv(output)) == sorted(read_csv(whole))
 
 
-def test_merge_waits_for_every_part_of_one_split(tmp_path, capsys):
+def test_merge_waits_for_every_part_of_one_split(tmp_path):
   output = str(tmp_path / "merged.csv")
 
   def write_part(index, num_tasks, rows):
