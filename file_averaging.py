@@ -21,7 +21,7 @@ Usage:
 
 Everything is vectorized with numpy (no Python loop per pair or per row): the files are parsed
 in blocks with SWAR digit arithmetic, ids are numbered through 64-bit hashes, and videos are
-blended in blocks through a dense (video, class) scratch buffer, in two threads. On the real
+blended in blocks by sorting each video's (label, input) keys, in two threads. On the real
 test set's size (7 files x 700,640 videos x 50 pairs, 3.2 GB of text) this takes about 7x less
 CPU than the per-line algorithm and 2.3 GB instead of ~23 GB of RAM
 (benchmarks/bench_file_averaging.py).
@@ -50,8 +50,9 @@ DEFAULT_NUM_CLASSES = 4716
 # Rows are parsed in blocks of about this many bytes: large enough that numpy calls dominate
 # the Python overhead, small enough that the per-block temporaries stay in the tens of MB.
 READ_BLOCK_BYTES = 4 << 20
-# Videos blended together: the dense (video, class) scratch arrays then stay cache-sized.
-BLEND_BLOCK_VIDEOS = 256
+# Videos are blended in blocks of about this many (video, candidate) cells (1,500 videos of
+# 7 x 50 pairs): the per-block arrays then stay within a few MB.
+BLEND_BLOCK_CELLS = 1 << 19
 MAX_ID_BYTES = 256
 # Scores are kept as integer millionths when that is exact (the %.6f text inference.py writes):
 # 4 bytes per pair instead of 8, which is what keeps 7 full-size files under the memory goal.
@@ -305,8 +306,11 @@ def _fast_labels(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray):
 
 # "d.dddddd" minus these bytes gives the digits, with 0 in place of the dot (byte 1).
 _SCORE_ZEROS = np.uint64(0x3030303030302E30)
+_BYTE0 = np.uint64(0xFF)
 _BYTE1 = np.uint64(0xFF00)
+_ABOVE_BYTE1 = np.uint64(0xFFFFFFFFFFFF0000)
 _DOT_AT_BYTE1 = np.uint64(ord(".") << 8)
+_EIGHT = np.uint64(8)
 
 
 def _fast_scores(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray):
@@ -315,12 +319,14 @@ def _fast_scores(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray):
   ok = (words & _BYTE1) == _DOT_AT_BYTE1
   ok &= lengths == 8
   words -= _SCORE_ZEROS
-  units = (words & np.uint64(0xFF)).astype(np.int64)
-  digits_ok, number = _swar_digits(words)  # units * 10**7 + the six decimals
+  # Move the units digit into the dot's byte: the eight digits "0d dddddd" are the millionths.
+  units = words & _BYTE0
+  words &= _ABOVE_BYTE1
+  units <<= _EIGHT
+  words |= units
+  digits_ok, number = _swar_digits(words)
   ok &= digits_ok
-  number = number.astype(np.int64)
-  number -= units * (9 * 10**6)
-  return number, ok
+  return number.astype(np.int32), ok  # at most 9,999,999
 
 
 _PLAIN_DECIMAL = re.compile(rb"-?([0-9]+)(?:\.([0-9]+))?")
@@ -407,7 +413,7 @@ def _parse_row_block(path: str, first_line: int, raw: np.ndarray, num_classes: i
   if len(out_of_range):
     note(out_of_range[0], "label %d is out of range [0, %d)" % (labels[out_of_range[0]],
                                                                 num_classes))
-  labels = labels.astype(label_dtype)
+  labels = labels.astype(label_dtype, copy=False)
 
   scores, scores_ok = _fast_scores(raw, layout.score_ends, layout.score_lengths)
   slow_pairs = np.flatnonzero(~scores_ok)
@@ -428,7 +434,6 @@ def _parse_row_block(path: str, first_line: int, raw: np.ndarray, num_classes: i
   scores_are_micro = all(micro is not None for micro, _, _ in slow)
   if scores_are_micro:
     scores[slow_pairs] = [micro for micro, _, _ in slow]
-    scores = scores.astype(np.int32)
   else:
     scores = scores / MICRO
     scores[slow_pairs] = [value for _, value, _ in slow]
@@ -673,9 +678,10 @@ class _VideoIndex:
 class _IndexedInput:
   """One parsed input (rows in file order) and the row of each video index, for block lookups.
 
-  When every row has the same number of pairs (what inference.py writes) the pairs are viewed
-  as a (rows, pairs) grid, so a block's pairs are a row gather; otherwise they are located
-  through row offsets.
+  The input owns the grid columns [first_column, first_column + width) of a blend block, width
+  being its longest row. When every row has the same number of pairs (what inference.py
+  writes) its pairs are viewed as a (rows, pairs) grid, so a block's pairs are a row gather;
+  otherwise they are located through row offsets.
   """
 
   def __init__(self, parsed: PredictionFile, codes: np.ndarray, weight: float,
@@ -701,107 +707,158 @@ class _IndexedInput:
     self.row_of_video[self.codes] = np.arange(len(self.codes))
     del self.codes
 
-  def block(self, first: int, last: int):
-    """(rows, columns, labels, scores) of the pairs of videos [first, last).
+  def _contributions(self, scores: np.ndarray, out=None) -> np.ndarray:
+    """weight * score as float64 (into `out` if given)."""
+    out = np.divide(scores, MICRO, out=out) if self.micro else np.multiply(scores, 1.0, out=out)
+    if self.weight != 1:
+      out *= self.weight
+    return out
 
-    Pair (i, j) of a uniform input (labels[i, j]) belongs to block row rows[i] and grid column
-    columns[j] (a slice); pair i of a ragged input to rows[i] and columns[i].
+  def fill(self, first: int, last: int, keys: np.ndarray, contributions: np.ndarray,
+           shift: int, pad_keys: np.ndarray) -> None:
+    """Writes the pairs of videos [first, last) into this input's columns of a blend block.
+
+    The key of the pair in grid column c is (label << shift) | c, its contribution
+    weight * score. Cells of videos or pairs this input lacks get pad_keys[c] (a label past
+    the last class); their contributions are left undefined.
     """
+    columns = slice(self.first_column, self.first_column + self.width)
+    key_type = keys.dtype.type
     file_rows = self.row_of_video[first:last]
+    missing = np.flatnonzero(file_rows < 0)
+    if self.uniform:
+      # Missing videos (row -1) read the last row here and are overwritten below: a gather
+      # into plain slices is much cheaper than a scatter of the present rows.
+      np.left_shift(self.labels[file_rows], key_type(shift), out=keys[:, columns],
+                    dtype=keys.dtype, casting="unsafe")
+      keys[:, columns] |= pad_keys[columns] & key_type((1 << shift) - 1)
+      self._contributions(self.scores[file_rows], out=contributions[:, columns])
+      keys[missing, columns] = pad_keys[columns]
+      return
+    keys[:, columns] = pad_keys[columns]
     rows = np.flatnonzero(file_rows >= 0)
     file_rows = file_rows[rows]
-    if self.uniform:
-      columns = slice(self.first_column, self.first_column + self.width)
-      return rows, columns, self.labels[file_rows], self.scores[file_rows]
     counts = self.pair_counts[file_rows]
     ends = np.cumsum(counts)
     within = np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - counts, counts)
     pairs = np.repeat(self.pair_starts[file_rows], counts) + within
-    return (np.repeat(rows, counts), self.first_column + within, self.labels[pairs],
-            self.scores[pairs])
+    rows = np.repeat(rows, counts)
+    cells = self.first_column + within
+    keys[rows, cells] = ((self.labels[pairs].astype(keys.dtype) << key_type(shift))
+                         | cells.astype(keys.dtype))
+    contributions[rows, cells] = self._contributions(self.scores[pairs])
+
+
+def _sum_runs_in_order(values: np.ndarray, continues: np.ndarray) -> None:
+  """Turns each run of `values` into running sums, left to right, in place.
+
+  continues[i] says values[i] belongs to the run of values[i - 1]; it is consumed. The last
+  value of a run becomes 0 + v1 + v2 + ... summed in that order, as the original's loop over
+  the inputs does (float addition is not associative). Runs are short (at most one value per
+  input), so this loops once per position within a run, not once per value.
+  """
+  pending = np.flatnonzero(continues)
+  while len(pending):
+    ready = ~continues[pending - 1]  # the previous value already holds its running sum
+    now = pending[ready]
+    values[now] += values[now - 1]
+    continues[now] = False
+    pending = pending[~ready]
 
 
 def _top_k_rows(grid: np.ndarray, labels: np.ndarray, top_k: int):
   """Per row of a (videos, candidates) grid: the top_k by score desc, then label asc.
 
-  Cells holding -inf (padding, repeats) are never chosen. Returns (labels, scores, counts)
-  with (videos, top_k) arrays padded by -1 and nan.
+  Each row's labels must be ascending; cells holding -inf are never chosen. Returns
+  (labels, scores, counts) with (videos, top_k) arrays padded by -1 and nan.
   """
   videos, width = grid.shape
+  best_labels = np.full((videos, top_k), -1, np.int32)
+  best_scores = np.full((videos, top_k), np.nan)
+  regular = np.zeros(videos, bool)
   if width > top_k:
+    # Rows with exactly top_k cells at or above their k-th largest score (no tie straddling
+    # the cut, at least top_k candidates) keep those cells, compacted by one boolean mask.
     kth = np.partition(grid, width - top_k, axis=1)[:, width - top_k]
     chosen = grid >= kth[:, None]
-    short = np.flatnonzero(kth == -np.inf)  # fewer than top_k candidates
-    chosen[short] = grid[short] > -np.inf
-    counts = np.count_nonzero(chosen, axis=1)
-    crowded = np.flatnonzero(counts > top_k)
-    if len(crowded):
-      # Equal scores straddle the cut: the smallest labels among them stay.
-      above = grid[crowded] > kth[crowded, None]
-      tied = grid[crowded] == kth[crowded, None]
-      room = top_k - np.count_nonzero(above, axis=1)
-      tied_labels = np.where(tied, labels[crowded], np.iinfo(labels.dtype).max)
-      cut = np.sort(tied_labels, axis=1)[np.arange(len(crowded)), room - 1]
-      chosen[crowded] = above | (tied & (labels[crowded] <= cut[:, None]))
-      counts[crowded] = top_k
-  else:
-    chosen = grid > -np.inf
-    counts = np.count_nonzero(chosen, axis=1)
-  rows, cols = np.nonzero(chosen)
-  slots = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-  best_scores = np.full((videos, top_k), -np.inf)
-  best_labels = np.full((videos, top_k), -1, np.int32)
-  best_scores[rows, slots] = grid[rows, cols]
-  best_labels[rows, slots] = labels[rows, cols]
-  order = np.lexsort((best_labels, -best_scores), axis=1)
-  best_labels = np.take_along_axis(best_labels, order, axis=1)
-  best_scores = np.take_along_axis(best_scores, order, axis=1)
-  best_scores[best_labels < 0] = np.nan
-  return best_labels, best_scores, counts.astype(np.int32)
+    regular = (np.count_nonzero(chosen, axis=1) == top_k) & (kth > -np.inf)
+    fast = np.flatnonzero(regular)
+    if len(fast) < videos:
+      grid_fast, labels_fast, chosen = grid[fast], labels[fast], chosen[fast]
+    else:
+      grid_fast, labels_fast = grid, labels
+    _sort_by_score_into(best_labels, best_scores, fast,
+                        labels_fast[chosen].reshape(-1, top_k),
+                        grid_fast[chosen].reshape(-1, top_k))
+  # The other rows sort all their cells.
+  rest = np.flatnonzero(~regular)
+  if len(rest):
+    _sort_by_score_into(best_labels, best_scores, rest, labels[rest], grid[rest])
+  counts = np.count_nonzero(best_labels >= 0, axis=1).astype(np.int32)
+  return best_labels, best_scores, counts
+
+
+def _sort_by_score_into(best_labels, best_scores, rows, labels, scores) -> None:
+  """Writes the first top_k cells of each row by score desc into best_*[rows].
+
+  A stable sort keeps equal scores in column order, i.e. by ascending label.
+  """
+  top_k = best_labels.shape[1]
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+  scores = np.take_along_axis(scores, order, axis=1)
+  labels = np.take_along_axis(labels, order, axis=1)
+  present = scores > -np.inf
+  best_scores[rows, :scores.shape[1]] = np.where(present, scores, np.nan)
+  best_labels[rows, :labels.shape[1]] = np.where(present, labels, -1)
 
 
 def _blend_block(inputs: Sequence[_IndexedInput], first: int, last: int, total_weight: float,
-                 num_classes: int, top_k: int, sums: np.ndarray):
+                 num_classes: int, top_k: int):
   """The top_k of videos [first, last).
 
-  `sums` is a dense (videos, classes) scratch buffer full of nan (nan = no input has had this
-  label for this video yet) and is left that way. Each input adds its contributions to its
-  cells in input order, exactly like the original's per-line loop: 0 + w1*s1 + w2*s2 + ...
+  Each input writes its pairs of these videos into its own columns of a (videos, columns)
+  grid as keys (label, column) and contributions weight * score. Sorting every row's keys
+  brings each label's contributions together, in input order (the column order); their sum
+  over the label's run, divided by the total weight, is the blended score.
   """
-  grid = np.full((last - first, sum(i.width for i in inputs)), -np.inf)
-  grid_labels = np.zeros(grid.shape, np.int32)
-  touched = []
+  videos, width = last - first, sum(source.width for source in inputs)
+  shift = max(1, (width - 1).bit_length())
+  key_dtype = np.uint32 if (num_classes + 1) << shift <= 2**32 else np.uint64
+  key_type = np.dtype(key_dtype).type
+  # A cell no input fills has the label num_classes: it sorts last and is dropped.
+  pad_keys = (key_type(num_classes) << key_type(shift)) | np.arange(width, dtype=key_dtype)
+  keys = np.empty((videos, width), key_dtype)
+  contributions = np.empty((videos, width))
   for source in inputs:
-    rows, columns, labels, scores = source.block(first, last)
-    if not labels.size:
-      continue
-    cells = (rows[:, None] if labels.ndim == 2 else rows) * num_classes + labels
-    contribution = scores / MICRO if source.micro else scores.astype(np.float64)
-    if source.weight != 1:
-      contribution *= source.weight
-    running = sums[cells]
-    first_time = np.isnan(running)
-    running[first_time] = 0.0
-    running += contribution
-    sums[cells] = running  # a row lists a label once, so the cells are distinct
-    touched.append((cells, first_time, rows, columns, labels))
-  for cells, first_time, rows, columns, labels in touched:
-    blended = sums[cells] / total_weight
-    sums[cells] = np.nan  # later inputs read nan in these cells: only repeats, dropped below
-    blended[~first_time] = -np.inf  # an earlier input put this label in the grid already
-    grid[rows, columns] = blended
-    grid_labels[rows, columns] = labels
-  return _top_k_rows(grid, grid_labels, top_k)
+    source.fill(first, last, keys, contributions, shift, pad_keys)
+  keys.sort(axis=1)
+  labels = (keys >> key_type(shift)).astype(np.int32)
+  sums = np.take_along_axis(contributions, (keys & key_type((1 << shift) - 1)).astype(np.intp),
+                            axis=1)
+  del keys, contributions
+  sums += 0.0  # the original's sums start at 0: 0 + -0.0 is 0.0
+  is_label = labels < num_classes
+  continues = np.zeros(sums.shape, bool)
+  np.equal(labels[:, 1:], labels[:, :-1], out=continues[:, 1:])
+  last_of_run = np.ones(sums.shape, bool)
+  np.logical_not(continues[:, 1:], out=last_of_run[:, :-1])
+  last_of_run &= is_label
+  continues &= is_label
+  _sum_runs_in_order(sums.reshape(-1), continues.reshape(-1))
+  sums /= total_weight
+  sums[~last_of_run] = -np.inf
+  return _top_k_rows(sums, labels, top_k)
 
 
 def _blend_range(inputs: Sequence[_IndexedInput], first: int, last: int, total_weight: float,
                  num_classes: int, blend: Blend) -> None:
   """Fills blend's rows [first, last), block by block."""
-  sums = np.full(BLEND_BLOCK_VIDEOS * num_classes, np.nan)
-  for start in range(first, last, BLEND_BLOCK_VIDEOS):
-    end = min(start + BLEND_BLOCK_VIDEOS, last)
+  width = max(1, sum(source.width for source in inputs))
+  step = max(1, BLEND_BLOCK_CELLS // width)
+  for start in range(first, last, step):
+    end = min(start + step, last)
     labels, scores, counts = _blend_block(inputs, start, end, total_weight, num_classes,
-                                          blend.labels.shape[1], sums)
+                                          blend.labels.shape[1])
     blend.labels[start:end], blend.scores[start:end], blend.counts[start:end] = (
         labels, scores, counts)
 

@@ -184,7 +184,7 @@ def test_output_header_and_line_format(tmp_path):
 def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypatch):
   # Small blocks so that both the reading and the blending cross block boundaries.
   monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", 97)
-  monkeypatch.setattr(file_averaging, "BLEND_BLOCK_VIDEOS", 3)
+  monkeypatch.setattr(file_averaging, "BLEND_BLOCK_CELLS", 3 * 24)
   rng = random.Random(7)
   videos = ["%04d" % i for i in range(40)] + ["id_%d" % i for i in range(20)]
   inputs = []
@@ -458,7 +458,7 @@ def test_fuzzed_inputs_blend_like_a_plain_parser_or_fail_cleanly(tmp_path, monke
   for _ in range(1000):
     # Tiny blocks too, so that blocks holding no pair or one line are common.
     monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", rng.choice([64, 97, 4 << 20]))
-    monkeypatch.setattr(file_averaging, "BLEND_BLOCK_VIDEOS", rng.choice([1, 3, 256]))
+    monkeypatch.setattr(file_averaging, "BLEND_BLOCK_CELLS", rng.choice([1, 30, 1 << 19]))
     inputs = []
     for number in range(rng.randint(1, 3)):
       path = str(tmp_path / ("in%d.csv" % number))
