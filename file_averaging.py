@@ -719,8 +719,7 @@ class _IndexedInput:
     """Writes the pairs of videos [first, last) into this input's columns of a blend block.
 
     The key of the pair in grid column c is (label << shift) | c, its contribution
-    weight * score. Cells of videos or pairs this input lacks get pad_keys[c] (a label past
-    the last class); their contributions are left undefined.
+    weight * score. Cells of videos or pairs this input lacks get pad_keys[c] and -inf.
     """
     columns = slice(self.first_column, self.first_column + self.width)
     key_type = keys.dtype.type
@@ -734,8 +733,10 @@ class _IndexedInput:
       keys[:, columns] |= pad_keys[columns] & key_type((1 << shift) - 1)
       self._contributions(self.scores[file_rows], out=contributions[:, columns])
       keys[missing, columns] = pad_keys[columns]
+      contributions[missing, columns] = -np.inf
       return
     keys[:, columns] = pad_keys[columns]
+    contributions[:, columns] = -np.inf
     rows = np.flatnonzero(file_rows >= 0)
     file_rows = file_rows[rows]
     counts = self.pair_counts[file_rows]
@@ -749,21 +750,24 @@ class _IndexedInput:
     contributions[rows, cells] = self._contributions(self.scores[pairs])
 
 
-def _sum_runs_in_order(values: np.ndarray, continues: np.ndarray) -> None:
+def _sum_runs_in_order(values: np.ndarray, continues: np.ndarray) -> np.ndarray:
   """Turns each run of `values` into running sums, left to right, in place.
 
   continues[i] says values[i] belongs to the run of values[i - 1]; it is consumed. The last
-  value of a run becomes 0 + v1 + v2 + ... summed in that order, as the original's loop over
-  the inputs does (float addition is not associative). Runs are short (at most one value per
-  input), so this loops once per position within a run, not once per value.
+  value of a run becomes v1 + v2 + ... summed in that order, as the original's loop over the
+  inputs does (float addition is not associative). Runs are short (at most one value per
+  input), so this loops once per position within a run, not once per value. Returns the
+  indices of the values that are not the last of their run.
   """
   pending = np.flatnonzero(continues)
+  not_last = pending - 1
   while len(pending):
     ready = ~continues[pending - 1]  # the previous value already holds its running sum
     now = pending[ready]
     values[now] += values[now - 1]
     continues[now] = False
     pending = pending[~ready]
+  return not_last
 
 
 def _top_k_rows(grid: np.ndarray, labels: np.ndarray, top_k: int):
@@ -823,31 +827,29 @@ def _blend_block(inputs: Sequence[_IndexedInput], first: int, last: int, total_w
   """
   videos, width = last - first, sum(source.width for source in inputs)
   shift = max(1, (width - 1).bit_length())
-  key_dtype = np.uint32 if (num_classes + 1) << shift <= 2**32 else np.uint64
+  key_dtype = np.uint32 if (num_classes + width) << shift <= 2**32 else np.uint64
   key_type = np.dtype(key_dtype).type
-  # A cell no input fills has the label num_classes: it sorts last and is dropped.
-  pad_keys = (key_type(num_classes) << key_type(shift)) | np.arange(width, dtype=key_dtype)
+  # Cell c of a video that no input fills has the label num_classes + c (no class, and no
+  # other cell's) and the contribution -inf: it sorts last and is never chosen.
+  column_ids = np.arange(width, dtype=key_dtype)
+  pad_keys = ((key_type(num_classes) + column_ids) << key_type(shift)) | column_ids
   keys = np.empty((videos, width), key_dtype)
   contributions = np.empty((videos, width))
   for source in inputs:
     source.fill(first, last, keys, contributions, shift, pad_keys)
   keys.sort(axis=1)
-  labels = (keys >> key_type(shift)).astype(np.int32)
+  labels = keys >> key_type(shift)
   sums = np.take_along_axis(contributions, (keys & key_type((1 << shift) - 1)).astype(np.intp),
                             axis=1)
   del keys, contributions
-  sums += 0.0  # the original's sums start at 0: 0 + -0.0 is 0.0
-  is_label = labels < num_classes
   continues = np.zeros(sums.shape, bool)
   np.equal(labels[:, 1:], labels[:, :-1], out=continues[:, 1:])
-  last_of_run = np.ones(sums.shape, bool)
-  np.logical_not(continues[:, 1:], out=last_of_run[:, :-1])
-  last_of_run &= is_label
-  continues &= is_label
-  _sum_runs_in_order(sums.reshape(-1), continues.reshape(-1))
+  not_last = _sum_runs_in_order(sums.reshape(-1), continues.reshape(-1))
+  sums.reshape(-1)[not_last] = -np.inf
   sums /= total_weight
-  sums[~last_of_run] = -np.inf
-  return _top_k_rows(sums, labels, top_k)
+  best_labels, best_scores, counts = _top_k_rows(sums, labels, top_k)
+  best_scores += 0.0  # the original's sums start at 0, and 0 + -0.0 is 0.0
+  return best_labels, best_scores, counts
 
 
 def _blend_range(inputs: Sequence[_IndexedInput], first: int, last: int, total_weight: float,

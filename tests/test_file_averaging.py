@@ -157,6 +157,16 @@ def test_every_pair_is_read_and_scores_sum_at_full_precision(tmp_path):
   assert fields[-4:] == ["2", "0.100002", "1", "0.100001"]
 
 
+def test_scores_are_summed_in_input_order_from_zero(tmp_path):
+  # Float addition is not associative: ((0 + 1e20) + -1e20) + 0.5 is 0.5, but summed from the
+  # other end it is 0. The sum starts at 0, so -0.0s blend to 0.0, as in the original.
+  a = write_csv(tmp_path, "a.csv", ["v,1 1e20", "z,2 -0e0"])
+  b = write_csv(tmp_path, "b.csv", ["v,1 -1e20", "z,2 -0e0"])
+  c = write_csv(tmp_path, "c.csv", ["v,1 0.5"])
+  assert blend_text([(a, 1), (b, 1), (c, 1)]) == HEADER + "v,1 0.166667\nz,2 0.000000\n"
+  assert blend_text([(c, 1), (b, 1), (a, 1)]) == HEADER + "v,1 0.000000\nz,2 0.000000\n"
+
+
 def test_six_decimals_match_printf_exactly():
   rng = np.random.default_rng(0)
   values = np.concatenate([
