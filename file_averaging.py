@@ -28,6 +28,7 @@ CPU than the per-line algorithm and 2.3 GB instead of ~23 GB of RAM
 """
 import concurrent.futures
 import dataclasses
+import itertools
 import os
 import re
 import sys
@@ -50,6 +51,10 @@ DEFAULT_NUM_CLASSES = 4716
 # Rows are parsed in blocks of about this many bytes: large enough that numpy calls dominate
 # the Python overhead, small enough that the per-block temporaries stay in the tens of MB.
 READ_BLOCK_BYTES = 4 << 20
+# Big files are parsed as byte ranges of whole lines of about this size, by several threads:
+# the files then share the cores evenly to the end (7 files on 2 cores would leave one idle
+# while the last file parses).
+PARSE_RANGE_BYTES = 64 << 20
 # Videos are blended in blocks of about this many (video, candidate) cells (1,500 videos of
 # 7 x 50 pairs): the per-block arrays then stay within a few MB.
 BLEND_BLOCK_CELLS = 1 << 19
@@ -126,44 +131,91 @@ def _line_error(path: str, line_number: int, line: bytes, problem: str) -> Input
   return InputError("%s: line %d: %s (line: %r)" % (path, line_number, problem, text))
 
 
-def _iter_line_blocks(path: str, block_bytes: int) -> Iterator[np.ndarray]:
-  """Checks the header, then yields the following lines in blocks of whole lines.
-
-  Each block is a uint8 array: _LEAD filler bytes, lines that all end with a newline (one is
-  added after an unterminated last line), _TRAIL filler bytes.
-  """
+def _open_input(path: str):
   try:
-    handle = open(path, "rb")
+    return open(path, "rb")
   except OSError as e:
     raise InputError("%s: cannot read input file: %s" % (path, e.strerror or e))
+
+
+def _line_ranges(path: str, range_bytes: int) -> List[Tuple[int, int]]:
+  """Splits a file into byte ranges [start, end) of about range_bytes, each of whole lines."""
+  bounds = [0]
+  with _open_input(path) as handle:
+    size = os.fstat(handle.fileno()).st_size
+    for target in range(range_bytes, size, range_bytes):
+      if target <= bounds[-1]:
+        continue  # a line longer than a range
+      handle.seek(target - 1)
+      rest = b""
+      while b"\n" not in rest:
+        piece = handle.read(1 << 16)
+        if not piece:
+          break
+        rest += piece
+      newline = rest.find(b"\n")
+      if newline < 0 or target + newline >= size:
+        break
+      bounds.append(target + newline)  # the line after that newline starts a range
+  bounds.append(size)
+  return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _lines_before(path: str, offset: int) -> int:
+  """The number of newlines in the file's first `offset` bytes (for error messages)."""
+  count = 0
+  with _open_input(path) as handle:
+    while offset > 0:
+      data = handle.read(min(offset, 16 << 20))
+      if not data:
+        break
+      count += data.count(b"\n")
+      offset -= len(data)
+  return count
+
+
+def _iter_line_blocks(path: str, block_bytes: int, start: int = 0,
+                      end: Optional[int] = None) -> Iterator[np.ndarray]:
+  """Yields the lines of the byte range [start, end) in blocks of whole lines.
+
+  The range starting at 0 begins with the header, which is checked and skipped. Each block is
+  a uint8 array: _LEAD filler bytes, lines that all end with a newline (one is added after an
+  unterminated last line), _TRAIL filler bytes.
+  """
   lead, trail = _FILLER * _LEAD, _FILLER * _TRAIL
-  with handle:
-    data = handle.read(block_bytes)
-    if not data:
-      raise InputError("%s: file is empty (expected the header %r)" % (path, HEADER.decode()))
-    end = data.find(b"\n")
-    header = data if end < 0 else data[:end]
-    if header != HEADER:
-      raise _line_error(path, 1, header, "expected the header %r" % HEADER.decode())
-    carry = data[end + 1:] if end >= 0 else b""
-    any_rows = False
+  with _open_input(path) as handle:
+    handle.seek(start)
+    left = (os.fstat(handle.fileno()).st_size if end is None else end) - start
+
+    def read() -> bytes:
+      nonlocal left
+      data = handle.read(min(block_bytes, left))
+      left -= len(data)
+      return data
+
+    carry = b""
+    if start == 0:
+      data = read()
+      if not data:
+        raise InputError("%s: file is empty (expected the header %r)" % (path, HEADER.decode()))
+      newline = data.find(b"\n")
+      header = data if newline < 0 else data[:newline]
+      if header != HEADER:
+        raise _line_error(path, 1, header, "expected the header %r" % HEADER.decode())
+      carry = data[newline + 1:] if newline >= 0 else b""
     while True:
-      data = handle.read(block_bytes)
+      data = read()
       if not data:
         break
       cut = data.rfind(b"\n") + 1
       if cut == 0:
         carry += data  # a line longer than a block: keep reading
         continue
-      any_rows = True
       yield np.frombuffer(b"".join((lead, carry, memoryview(data)[:cut], trail)), np.uint8)
       carry = data[cut:]
     if carry:
-      any_rows = True
       newline = b"" if carry.endswith(b"\n") else b"\n"
       yield np.frombuffer(b"".join((lead, carry, newline, trail)), np.uint8)
-  if not any_rows:
-    raise InputError("%s: no prediction rows after the header" % path)
 
 
 def _uniform_layout(seps: np.ndarray, chars: np.ndarray) -> Optional[_Layout]:
@@ -369,9 +421,12 @@ def _slow_score(text: bytes) -> Tuple[Optional[int], float, str]:
   return None, value, ""
 
 
-def _parse_row_block(path: str, first_line: int, raw: np.ndarray, num_classes: int,
+def _parse_row_block(path: str, first_line, raw: np.ndarray, num_classes: int,
                      label_dtype) -> _RowBlock:
-  """Parses a block of lines `<id>,<label> <score> ...`; raises InputError on the first bad one."""
+  """Parses a block of lines `<id>,<label> <score> ...`; raises InputError on the first bad one.
+
+  first_line() is the line number of the block's first line (only asked for an error message).
+  """
   # Only ' ', ',' and '\n' separate tokens; other bytes <= ',' are rare: filter the candidates.
   seps = np.flatnonzero(raw <= _COMMA)
   chars = raw[seps]
@@ -385,7 +440,8 @@ def _parse_row_block(path: str, first_line: int, raw: np.ndarray, num_classes: i
       starts = np.concatenate([[_LEAD], ends[:-1] + 1])
     else:
       starts, ends = layout.line_starts, layout.line_ends
-    raise _line_error(path, first_line + line, raw[starts[line]:ends[line]].tobytes(), problem)
+    raise _line_error(path, first_line() + line, raw[starts[line]:ends[line]].tobytes(),
+                      problem)
 
   layout = _uniform_layout(seps, chars) or _general_layout(seps, chars, fail_line)
   del seps, chars
@@ -462,6 +518,14 @@ def _first_duplicate_label(labels: np.ndarray, pair_counts: np.ndarray):
   """(row, label) of the first row listing a label twice, or None."""
   if not len(labels):
     return None
+  width = int(pair_counts[0])
+  if width and (pair_counts == width).all():  # rows of equal length: sort each row
+    rows = np.sort(labels.reshape(-1, width).astype(np.uint32), axis=1)  # uint32: SIMD sort
+    repeats = rows[:, 1:] == rows[:, :-1]
+    row = np.flatnonzero(repeats.any(axis=1))
+    if not len(row):
+      return None
+    return int(row[0]), int(rows[row[0], 1:][repeats[row[0]]][0])
   span = int(labels.max()) + 1
   # One sortable key per pair, (row, label); uint32 sorts fastest and fits a block's rows.
   dtype = np.uint32 if len(pair_counts) * span < 2**32 else np.uint64
@@ -542,33 +606,65 @@ class _GrowingArray:
     return self._buffer[:self.size]
 
 
-def parse_prediction_file(path: str, num_classes: int = DEFAULT_NUM_CLASSES) -> PredictionFile:
-  """Reads and validates one inference.py CSV; raises InputError naming the file and line."""
+def _parse_range(path: str, byte_range: Tuple[int, int], num_classes: int) -> List[_RowBlock]:
+  """Parses the lines of one byte range of a file (see _line_ranges), block by block."""
   label_dtype = np.uint16 if num_classes <= 2**16 else np.int32
-  # Every pair takes at least 4 bytes ("1 0 "), which bounds the number of pairs.
-  capacity = os.path.getsize(path) // 4 + 1 if os.path.isfile(path) else 1
-  labels = _GrowingArray(capacity, label_dtype)
-  scores = _GrowingArray(capacity, np.int32)
+  start, end = byte_range
+  first_line = 2 if start == 0 else None  # line 1 is the header
+  blocks, rows_before = [], 0
+
+  def block_first_line() -> int:
+    nonlocal first_line
+    if first_line is None:
+      first_line = _lines_before(path, start) + 1
+    return first_line + rows_before
+
+  for raw in _iter_line_blocks(path, READ_BLOCK_BYTES, start, end):
+    blocks.append(_parse_row_block(path, block_first_line, raw, num_classes, label_dtype))
+    rows_before += len(blocks[-1].pair_counts)
+  return blocks
+
+
+def _join_ranges(path: str, ranges: Iterator[List[_RowBlock]]) -> PredictionFile:
+  """One PredictionFile from the parsed blocks of a file's ranges, taken in file order.
+
+  Blocks are copied into arrays sized from above (_GrowingArray) as they come, so a file's
+  pairs are not held twice.
+  """
+  capacity = os.path.getsize(path) // 4 + 1  # every pair takes at least 4 bytes ("1 0 ")
+  labels = scores = None
   micro = True
   video_ids, pair_counts = [], []
-  first_line = 2  # line 1 is the header
-  for raw in _iter_line_blocks(path, READ_BLOCK_BYTES):
-    block = _parse_row_block(path, first_line, raw, num_classes, label_dtype)
-    if micro and not block.scores_are_micro:  # from now on, float64 scores
-      floats = _GrowingArray(capacity, np.float64)
-      floats.append(scores.values / MICRO)
-      scores, micro = floats, False
-    labels.append(block.labels)
-    scores.append(block.scores / MICRO if block.scores_are_micro and not micro else block.scores)
-    video_ids.append(block.video_ids)
-    pair_counts.append(block.pair_counts)
-    first_line += len(block.pair_counts)
+  for blocks in ranges:
+    for block in blocks:
+      if labels is None:
+        labels = _GrowingArray(capacity, block.labels.dtype)
+        scores = _GrowingArray(capacity, np.int32)
+      if micro and not block.scores_are_micro:  # from now on, float64 scores
+        floats = _GrowingArray(capacity, np.float64)
+        floats.append(scores.values / MICRO)
+        scores, micro = floats, False
+      labels.append(block.labels)
+      scores.append(block.scores / MICRO if block.scores_are_micro and not micro
+                    else block.scores)
+      video_ids.append(block.video_ids)
+      pair_counts.append(block.pair_counts)
+  if not video_ids:
+    raise InputError("%s: no prediction rows after the header" % path)
   video_ids = np.concatenate(video_ids)
   keys = id_keys(video_ids)
   _check_unique_ids(path, video_ids, keys)
   return PredictionFile(path=path, video_ids=video_ids, id_keys=keys,
                         pair_counts=np.concatenate(pair_counts), labels=labels.values,
                         scores=scores.values, scores_are_micro=micro)
+
+
+def parse_prediction_file(path: str, num_classes: int = DEFAULT_NUM_CLASSES) -> PredictionFile:
+  """Reads and validates one inference.py CSV; raises InputError naming the file and line."""
+  if not os.path.isfile(path):
+    raise InputError("%s: input file not found" % path)
+  return _join_ranges(path, (_parse_range(path, byte_range, num_classes)
+                             for byte_range in _line_ranges(path, PARSE_RANGE_BYTES)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -884,22 +980,31 @@ def average_files(inputs: Sequence[Tuple[str, float]], top_k: int = DEFAULT_TOP_
     return _average(inputs, top_k, num_classes, workers, _VideoIndex(exact=True))
 
 
+def _take_results(futures: list) -> Iterator:
+  """Yields the futures' results in order, dropping each future (and what it holds) as it goes."""
+  for i in range(len(futures)):
+    future, futures[i] = futures[i], None
+    yield future.result()
+
+
 def _average(inputs, top_k: int, num_classes: int, workers: int, index: _VideoIndex) -> Blend:
   total_weight = float(sum(weight for _, weight in inputs))  # Python's sum, like the original
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    futures = [pool.submit(parse_prediction_file, path, num_classes) for path, _ in inputs]
+    # Every range of every file is queued at once, in file order.
+    futures = [[pool.submit(_parse_range, path, byte_range, num_classes)
+                for byte_range in _line_ranges(path, PARSE_RANGE_BYTES)]
+               for path, _ in inputs]
     indexed_inputs, column = [], 0
     try:
       # In input order (ids are numbered by first appearance) while later files still parse.
-      for i, (_, weight) in enumerate(inputs):
-        parsed = futures[i].result()
-        futures[i] = None
+      for i, (path, weight) in enumerate(inputs):
+        parsed = _join_ranges(path, _take_results(futures[i]))
         codes = index.add(parsed.video_ids, parsed.id_keys)
         indexed_inputs.append(_IndexedInput(parsed, codes, weight, column))
         column += indexed_inputs[-1].width
         del parsed, codes
     finally:
-      for future in futures:
+      for future in itertools.chain.from_iterable(futures):
         if future is not None:
           future.cancel()
     for indexed in indexed_inputs:

@@ -194,6 +194,7 @@ def test_output_header_and_line_format(tmp_path):
 def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypatch):
   # Small blocks so that both the reading and the blending cross block boundaries.
   monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", 97)
+  monkeypatch.setattr(file_averaging, "PARSE_RANGE_BYTES", 250)
   monkeypatch.setattr(file_averaging, "BLEND_BLOCK_CELLS", 3 * 24)
   rng = random.Random(7)
   videos = ["%04d" % i for i in range(40)] + ["id_%d" % i for i in range(20)]
@@ -237,6 +238,25 @@ def test_vectorized_paths_take_the_inference_format():
   wide, wide_ok = file_averaging._fast_labels(np.frombuffer(b"00000000,12345678 ", np.uint8),
                                               np.array([17]), np.array([8]))
   assert wide_ok.all() and wide.tolist() == [12345678]
+
+
+@pytest.mark.parametrize("range_bytes", [1, 7, 30, 1000])
+def test_line_ranges_cover_the_file_in_whole_lines(tmp_path, range_bytes):
+  path = write_csv(tmp_path, "a.csv", ["v%d,%d 0.5" % (i, i) + " 1" * (i % 5) for i in range(20)])
+  with open(path, "rb") as f:
+    data = f.read()
+  ranges = file_averaging._line_ranges(path, range_bytes)
+  assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+  assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:]))
+  assert all(data[start - 1:start] == b"\n" for start, _ in ranges[1:])
+  # A range ends with the first line that reaches the next multiple of range_bytes past its start.
+  bounds = [0]
+  for target in range(range_bytes, len(data), range_bytes):
+    newline = data.find(b"\n", target - 1)
+    if target > bounds[-1] and 0 <= newline < len(data) - 1:
+      bounds.append(newline + 1)
+  assert ranges == list(zip(bounds, bounds[1:] + [len(data)]))
+  assert len(ranges) == {1: data.count(b"\n"), 1000: 1}.get(range_bytes, len(ranges))
 
 
 def test_label_with_leading_zeros_and_unterminated_last_line(tmp_path):
@@ -350,8 +370,11 @@ def test_bad_file(tmp_path, capsys, content, fragments):
   del good
 
 
-def test_error_line_number_past_the_first_read_block(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("range_bytes", [64 << 20, 300, 100])
+def test_error_line_number_past_the_first_read_block(tmp_path, capsys, monkeypatch, range_bytes):
+  # Also when the bad line is in a later byte range than the first (parsed by another thread).
   monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", 64)
+  monkeypatch.setattr(file_averaging, "PARSE_RANGE_BYTES", range_bytes)
   rows = ["v%03d,1 0.5 2 0.25" % i for i in range(100)]
   rows[76] = "v076,1 0.5 2 zero"
   write_csv(tmp_path, "bad.csv", rows)
@@ -468,6 +491,7 @@ def test_fuzzed_inputs_blend_like_a_plain_parser_or_fail_cleanly(tmp_path, monke
   for _ in range(1000):
     # Tiny blocks too, so that blocks holding no pair or one line are common.
     monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", rng.choice([64, 97, 4 << 20]))
+    monkeypatch.setattr(file_averaging, "PARSE_RANGE_BYTES", rng.choice([1, 150, 64 << 20]))
     monkeypatch.setattr(file_averaging, "BLEND_BLOCK_CELLS", rng.choice([1, 30, 1 << 19]))
     inputs = []
     for number in range(rng.randint(1, 3)):
@@ -493,3 +517,19 @@ def test_fuzzed_inputs_blend_like_a_plain_parser_or_fail_cleanly(tmp_path, monke
       outcomes["blended"] += 1
   # Both outcomes are common: the mutations reach past the first checks.
   assert outcomes["error"] >= 300 and outcomes["blended"] >= 100, outcomes
+
+
+@pytest.mark.parametrize("counts", [[3, 3, 3, 3], [2, 0, 4, 3], [1, 1, 1, 1]])
+def test_first_duplicate_label_in_equal_and_ragged_rows(counts):
+  rng = np.random.default_rng(sum(counts))
+  rows = [list(rng.permutation(40)[:n]) for n in counts]
+  assert file_averaging._first_duplicate_label(
+      np.array(sum(rows, []), np.uint16), np.array(counts)) is None
+  for row in reversed(range(len(rows))):  # the last row that can hold a repeat
+    if len(rows[row]) < 2:
+      continue
+    bad = [list(r) for r in rows]
+    bad[row][-1] = bad[row][0]
+    assert file_averaging._first_duplicate_label(
+        np.array(sum(bad, []), np.uint16), np.array(counts)) == (row, bad[row][0])
+    break
