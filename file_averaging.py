@@ -926,7 +926,8 @@ def _blend_block(inputs: Sequence[_IndexedInput], first: int, last: int, total_w
   """
   videos, width = last - first, sum(source.width for source in inputs)
   shift = max(1, (width - 1).bit_length())
-  key_dtype = np.uint32 if (num_classes + width) << shift <= 2**32 else np.uint64
+  key_dtype = (np.uint32 if max((num_classes + width) << shift, videos * width) <= 2**32
+               else np.uint64)
   key_type = np.dtype(key_dtype).type
   # Cell c of a video that no input fills has the label num_classes + c (no class, and no
   # other cell's) and the contribution -inf: it sorts last and is never chosen.
@@ -938,9 +939,10 @@ def _blend_block(inputs: Sequence[_IndexedInput], first: int, last: int, total_w
     source.fill(first, last, keys, contributions, shift, pad_keys)
   keys.sort(axis=1)
   labels = keys >> key_type(shift)
-  sums = np.take_along_axis(contributions, (keys & key_type((1 << shift) - 1)).astype(np.intp),
-                            axis=1)
-  del keys, contributions
+  cells = keys & key_type((1 << shift) - 1)  # the column each sorted key came from
+  cells += (np.arange(videos, dtype=key_dtype) * key_type(width))[:, None]
+  sums = contributions.reshape(-1).take(cells)  # faster than take_along_axis (no intp copy)
+  del keys, contributions, cells
   continues = np.zeros(sums.shape, bool)
   np.equal(labels[:, 1:], labels[:, :-1], out=continues[:, 1:])
   not_last = _sum_runs_in_order(sums.reshape(-1), continues.reshape(-1))
