@@ -344,12 +344,35 @@ _ASCII_ZEROS = {np.dtype(np.uint32): np.uint32(0x30303030),
                 np.dtype(np.uint64): np.uint64(0x3030303030303030)}
 
 
-def _fast_labels(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray):
-  """(labels, ok): tokens of 1 to 4 (else 8) ASCII digits, left-filled with '0' to a word."""
+def _pair_words(raw: np.ndarray, layout: _Layout):
+  """(label words, score words) read together, or None when the pairs are not all "L S".
+
+  In the inference.py format (labels of at most 4 digits, scores of 8 characters) the 16 bytes
+  before a score's end hold the label's last 4 bytes, the space and the score: one gather of
+  16-byte items replaces a uint32 and a uint64 gather, at about half the cost.
+  """
+  if (len(layout.score_ends) == 0 or layout.label_lengths.max() > 4
+      or not (layout.score_ends - layout.label_ends == 9).all()):
+    return None
+  items = np.ndarray(shape=(len(raw) - 15,), dtype=np.dtype((np.void, 16)), buffer=raw,
+                     strides=(1,))
+  words = items[layout.score_ends - 16].view(np.uint64).reshape(-1, 2)
+  # Little-endian: the label's 4 bytes are bytes 3-6 of the first half.
+  label_words = (words[:, 0] >> np.uint64(24)).astype(np.uint32)
+  return label_words, words[:, 1].copy()
+
+
+def _fast_labels(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray,
+                 words: Optional[np.ndarray] = None):
+  """(labels, ok): tokens of 1 to 4 (else 8) ASCII digits, left-filled with '0' to a word.
+
+  `words`, if given, are the uint32 words ending at `ends` (see _pair_words).
+  """
   dtype = np.dtype(np.uint32 if lengths.max(initial=0) <= 4 else np.uint64)  # may be empty
   keep, zeros = _LABEL_FILLERS[dtype]
   clipped = np.minimum(lengths, dtype.itemsize)
-  words = _words_ending_at(raw, ends, dtype)
+  if words is None or dtype != words.dtype:
+    words = _words_ending_at(raw, ends, dtype)
   words &= keep[clipped]
   words |= zeros[clipped]
   words -= _ASCII_ZEROS[dtype]
@@ -367,9 +390,14 @@ _DOT_AT_BYTE1 = np.uint64(ord(".") << 8)
 _EIGHT = np.uint64(8)
 
 
-def _fast_scores(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray):
-  """(millionths, ok): scores spelled "d.dddddd", the %f inference.py writes for [0, 10)."""
-  words = _words_ending_at(raw, ends, np.uint64)
+def _fast_scores(raw: np.ndarray, ends: np.ndarray, lengths: np.ndarray,
+                 words: Optional[np.ndarray] = None):
+  """(millionths, ok): scores spelled "d.dddddd", the %f inference.py writes for [0, 10).
+
+  `words`, if given, are the uint64 words ending at `ends` (see _pair_words).
+  """
+  if words is None:
+    words = _words_ending_at(raw, ends, np.uint64)
   ok = (words & _BYTE1) == _DOT_AT_BYTE1
   ok &= lengths == 8
   words -= _SCORE_ZEROS
@@ -457,7 +485,8 @@ def _parse_row_block(path: str, first_line, raw: np.ndarray, num_classes: int,
   def note(pair: int, problem: str):
     problems.append((int(np.searchsorted(pair_ends, pair, side="right")), problem))
 
-  labels, labels_ok = _fast_labels(raw, layout.label_ends, layout.label_lengths)
+  label_words, score_words = _pair_words(raw, layout) or (None, None)
+  labels, labels_ok = _fast_labels(raw, layout.label_ends, layout.label_lengths, label_words)
   checked = len(labels)  # labels before this one are valid
   for pair in np.flatnonzero(~labels_ok):
     end = layout.label_ends[pair]
@@ -473,7 +502,7 @@ def _parse_row_block(path: str, first_line, raw: np.ndarray, num_classes: int,
                                                                 num_classes))
   labels = labels.astype(label_dtype, copy=False)
 
-  scores, scores_ok = _fast_scores(raw, layout.score_ends, layout.score_lengths)
+  scores, scores_ok = _fast_scores(raw, layout.score_ends, layout.score_lengths, score_words)
   slow_pairs = np.flatnonzero(~scores_ok)
   slow = []
   for pair in slow_pairs:
