@@ -22,8 +22,8 @@ Usage:
 Everything is vectorized with numpy (no Python loop per pair or per row): the files are parsed
 in blocks with SWAR digit arithmetic, ids are numbered through 64-bit hashes, and videos are
 blended in blocks by sorting each video's (label, input) keys, in two threads. On the real
-test set's size (7 files x 700,640 videos x 50 pairs, 3.2 GB of text) this takes about 7x less
-CPU than the per-line algorithm and 2.3 GB instead of ~23 GB of RAM
+test set's size (7 files x 700,640 videos x 50 pairs, 3.2 GB of text) this takes 16-20 s on
+2 cores, about 13x less CPU than the per-line algorithm, and 1.9 GB instead of ~23 GB of RAM
 (benchmarks/bench_file_averaging.py).
 """
 import concurrent.futures
