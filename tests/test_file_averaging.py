@@ -1,6 +1,7 @@
 """Tests of file_averaging.py: hand-computed blends, the output format, the CLI, bad inputs
 and a differential fuzz against a plain Python parser."""
 import collections
+import dataclasses
 import math
 import os
 import random
@@ -238,6 +239,21 @@ def test_vectorized_paths_take_the_inference_format():
   wide, wide_ok = file_averaging._fast_labels(np.frombuffer(b"00000000,12345678 ", np.uint8),
                                               np.array([17]), np.array([8]))
   assert wide_ok.all() and wide.tolist() == [12345678]
+  # The single 16-byte gather of a pair's label and score reads the same words.
+  layout = file_averaging._Layout(
+      line_starts=np.array([0]), line_ends=ends[-1:], id_ends=np.array([8]),
+      pair_counts=np.array([5]), label_ends=ends[0::2], label_lengths=lengths[0::2],
+      score_ends=ends[1::2], score_lengths=lengths[1::2])
+  label_words, score_words = file_averaging._pair_words(raw, layout)
+  assert np.array_equal(label_words, file_averaging._words_ending_at(raw, ends[0::2], np.uint32))
+  assert np.array_equal(score_words, file_averaging._words_ending_at(raw, ends[1::2], np.uint64))
+  for other in (b"00000000,0 0.5 7 1.000000\n", b"00000000,12345 0.000000\n"):
+    raw = np.frombuffer(other, np.uint8)  # a short score, a long label: two gathers instead
+    ends = np.array([i for i, c in enumerate(other) if c in b" \n"])
+    lengths = ends - np.array([other.index(b",") + 1] + [e + 1 for e in ends[:-1]])
+    layout = dataclasses.replace(layout, label_ends=ends[0::2], label_lengths=lengths[0::2],
+                                 score_ends=ends[1::2], score_lengths=lengths[1::2])
+    assert file_averaging._pair_words(raw, layout) is None
 
 
 @pytest.mark.parametrize("range_bytes", [1, 7, 30, 1000])
