@@ -191,17 +191,30 @@ def define_flags(script: str, fv=None):
 
 
 def expand_flag_prefixes(argv: Sequence[str], known: Sequence[str]) -> List[str]:
-  """Rewrites `--prefix[=v]` to `--full_name[=v]` when prefix names exactly one flag."""
+  """Rewrites `--prefix[=v]` to `--full_name[=v]` when prefix names exactly one flag.
+
+  As the original's argparse-based flags: `--noprefix` stands for `--nofull_name` (a boolean
+  set to false), an exact name always wins, and a prefix of several names is an error
+  (flags.Error) naming them.
+  """
   known = set(known)
   out = list(argv[:1])
   for arg in argv[1:]:
+    if arg == "--":
+      out.extend(argv[len(out):])  # absl's end of flags: the rest is positional
+      break
     if arg.startswith("--") and len(arg) > 2:
       name, sep, value = arg[2:].partition("=")
       bare = name[2:] if name.startswith("no") and name[2:] in known else name
       if bare not in known:
-        matches = [k for k in known if k.startswith(name)]
+        matches = sorted(k for k in known if k.startswith(name))
+        if name.startswith("no"):
+          matches += sorted("no" + k for k in known if k.startswith(name[2:]))
         if len(matches) == 1:
           arg = "--" + matches[0] + sep + value
+        elif matches:
+          raise flags.Error("ambiguous flag --%s: could be %s" % (
+              name, ", ".join("--" + m for m in matches)))
     out.append(arg)
   return out
 

@@ -1,5 +1,7 @@
 """The command-line contract: prefixes, flags of other scripts, defaults, saved configuration."""
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -8,14 +10,31 @@ import configurations
 import models
 import script_flags
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_prefix_expansion_accepts_unique_prefixes_only():
-  known = ["max_steps", "model", "moe_l2", "moe_prob_gating", "run_once"]
+  known = ["max_steps", "model", "moe_l2", "moe_prob_gating", "run_once", "noise"]
   out = script_flags.expand_flag_prefixes(
-      ["prog", "--max_step=7", "--moe_l2=1e-6", "--mo=1", "--run_once", "--nomoe_prob_gating",
-       "positional"], known)
-  assert out == ["prog", "--max_steps=7", "--moe_l2=1e-6", "--mo=1", "--run_once",
-                 "--nomoe_prob_gating", "positional"]
+      ["prog", "--max_step=7", "--moe_l2=1e-6", "--run_once", "--nomoe_prob_gating",
+       "--nomoe_prob", "--norun", "--nois=2", "--unknown=3", "positional", "--", "--mo"], known)
+  assert out == ["prog", "--max_steps=7", "--moe_l2=1e-6", "--run_once", "--nomoe_prob_gating",
+                 "--nomoe_prob_gating", "--norun_once", "--noise=2", "--unknown=3", "positional",
+                 "--", "--mo"]
+  for ambiguous, names in (("--mo=1", "--model, --moe_l2, --moe_prob_gating"),
+                           ("--no", "--noise, --nomax_steps")):
+    with pytest.raises(flags.Error, match="ambiguous flag %s: could be %s" % (
+        ambiguous.split("=")[0], names)):
+      script_flags.expand_flag_prefixes(["prog", ambiguous], known)
+
+
+def test_ambiguous_prefix_is_a_one_line_error(tmp_path):
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--num=3"],
+                          capture_output=True, text=True, cwd=str(tmp_path),
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: ambiguous flag --num: could be --num_classes, --num_epochs, ")
 
 
 def parse(script, args):
