@@ -851,7 +851,6 @@ class _IndexedInput:
     columns = slice(self.first_column, self.first_column + self.width)
     key_type = keys.dtype.type
     file_rows = self.row_of_video[first:last]
-    missing = np.flatnonzero(file_rows < 0)
     if self.uniform:
       # Missing videos (row -1) read the last row here and are overwritten below: a gather
       # into plain slices is much cheaper than a scatter of the present rows (and np.take
@@ -860,6 +859,7 @@ class _IndexedInput:
                     out=keys[:, columns], dtype=keys.dtype, casting="unsafe")
       keys[:, columns] |= pad_keys[columns] & key_type((1 << shift) - 1)
       self._contributions(np.take(self.scores, file_rows, axis=0), out=contributions[:, columns])
+      missing = np.flatnonzero(file_rows < 0)
       keys[missing, columns] = pad_keys[columns]
       contributions[missing, columns] = -np.inf
       return
