@@ -139,10 +139,42 @@ class ExampleStaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
                 global_batch=self.global_batch)
 
 
+class FusedAdam(keras.optimizers.Adam):
+  """Keras Adam whose update is tf.train.AdamOptimizer's own kernel, ResourceApplyAdam.
+
+  The same equation as Keras's update (m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2),
+  w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)) and the same slot variables (so
+  the same checkpoints), in one pass over w, m, v and g instead of one per operation: the
+  update of the 333M-parameter models is bandwidth-bound (BENCHMARKS.md).
+  """
+
+  def update_step(self, gradient, variable, learning_rate):
+    if self.amsgrad:
+      return super().update_step(gradient, variable, learning_rate)
+    dtype = variable.dtype
+    index = self._get_variable_index(variable)
+    local_step = tf.cast(self.iterations + 1, dtype)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=self._momentums[index].handle,
+        v=self._velocities[index].handle,
+        beta1_power=tf.pow(tf.cast(self.beta_1, dtype), local_step),
+        beta2_power=tf.pow(tf.cast(self.beta_2, dtype), local_step),
+        lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype),
+        beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype),
+        grad=tf.cast(gradient, dtype))
+
+
+def clip_by_norm(gradient, clip_norm: float):
+  """tf.clip_by_norm (g c / max(|g|, c)) in fewer passes over a large gradient: L2Loss sums
+  the squares without storing them, and a tensor within the norm is returned as it is
+  (tf.clip_by_norm would multiply it by c / c) instead of being rewritten."""
+  norm = tf.sqrt(2.0 * tf.nn.l2_loss(gradient))
+  return tf.cond(norm > clip_norm, lambda: gradient * (clip_norm / norm), lambda: gradient)
+
+
 # The original built tf.train.<name>(learning_rate); these are the TF1 defaults of each.
 _OPTIMIZERS = {
-    "AdamOptimizer": lambda lr: keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999,
-                                                      epsilon=1e-8),
+    "AdamOptimizer": lambda lr: FusedAdam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
     "GradientDescentOptimizer": lambda lr: keras.optimizers.SGD(lr),
     "MomentumOptimizer": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
     "AdagradOptimizer": lambda lr: keras.optimizers.Adagrad(
@@ -306,18 +338,21 @@ class Trainer:
     self.model.compute_dtype = dtypes[self.options.mixed_precision]
 
   def _compile_train_step(self):
-    """Compiles the train step with XLA when --jit_compile asks for it (auto: on one replica
-    without --seed). XLA fuses the step's element-wise work, transposes and batch-norm
-    statistics into few kernels (the Gated NetVLAD step runs in ~0.6-0.7 of the time), but
-    it ignores the op seeds of the frame samplers, so a seeded run would not repeat, and it
-    is not used across replicas."""
+    """Compiles the forward and backward pass with XLA when --jit_compile asks for it (auto:
+    on one replica without --seed). XLA fuses the step's element-wise work, transposes and
+    batch-norm statistics into few kernels (the Gated NetVLAD step runs in ~0.6-0.7 of the
+    time), but it ignores the op seeds of the frame samplers, so a seeded run would not
+    repeat, and it is not used across replicas. The clip and the optimizer's update stay
+    outside XLA: there FusedAdam is one fused kernel a tensor, ~0.4 s less a NetVLAD step than
+    XLA's compiled update (BENCHMARKS.md)."""
     mode = utils.jit_compile_mode(self.options.jit_compile)
     use_xla = mode == "true" or (mode == "auto" and self.replicas == 1
                                  and self.options.seed is None)
     if use_xla:
-      self.train_step = tf.function(self.train_step.python_function, jit_compile=True,
-                                    autograph=False)
-    logging.info("train step %s XLA (--jit_compile=%s)", "with" if use_xla else "without", mode)
+      self._loss_and_gradients = tf.function(self._loss_and_gradients.python_function,
+                                             jit_compile=True, autograph=False)
+    logging.info("forward and backward pass %s XLA (--jit_compile=%s)",
+                 "with" if use_xla else "without", mode)
 
   @property
   def step(self) -> int:
@@ -353,36 +388,45 @@ class Trainer:
 
   # -- step ------------------------------------------------------------------------------
 
+  @tf.function(autograph=False)
+  def _loss_and_gradients(self, video_matrix, num_frames, labels, divisor):
+    """Gradients of (sum of label losses + its share of the penalty) / divisor, with that sum
+    of label losses and the predictions."""
+    variables = self.model.trainable_variables
+    size = tf.cast(tf.shape(labels)[0], tf.float32)
+    with tf.GradientTape() as tape:
+      predictions = self.model(video_matrix, num_frames, training=True)["predictions"]
+      label_sum = tf.cast(self.loss.calculate_loss(predictions, labels), tf.float32) * size
+      total = label_sum + self.options.regularization_penalty * (
+          self.model.regularization_loss() * size)
+      objective = total / divisor
+    gradients = tape.gradient(objective, variables,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [tf.convert_to_tensor(g) for g in gradients], label_sum, predictions
+
   def _replica_step(self, batch, requests):
     """One replica's share of a step; returns its outputs and the agreed requests.
 
     The gradient is that of the global batch's mean loss plus the penalty, however the
     examples are spread over replicas: each replica differentiates its sum of losses (plus
     its share of the penalty), the sums are added over all replicas and divided by the
-    global number of examples. When a worker runs out of data before the others,
-    tf.distribute feeds its replicas empty batches until every worker has: those contribute
-    nothing (no forward pass, so no NaN batch statistics).
+    global number of examples (on one replica, the division is part of the differentiated
+    loss). When a worker runs out of data before the others, tf.distribute feeds its replicas
+    empty batches until every worker has: those contribute nothing (no forward pass, so no
+    NaN batch statistics).
     """
     variables = self.model.trainable_variables
     penalty = self.options.regularization_penalty
     size = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
-
-    def local_sums():
-      with tf.GradientTape() as tape:
-        predictions = self.model(batch["video_matrix"], batch["num_frames"],
-                                 training=True)["predictions"]
-        label_sum = tf.cast(self.loss.calculate_loss(predictions, batch["labels"]),
-                            tf.float32) * size
-        total = label_sum + penalty * self.model.regularization_loss() * size
-      gradients = tape.gradient(total, variables,
-                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      return [tf.convert_to_tensor(g) for g in gradients], label_sum, predictions
+    divisor = tf.maximum(size, 1.0) if self.replicas == 1 else tf.constant(1.0)
 
     def nothing():
       predictions = tf.zeros([0, self.config.num_classes], self.model.output_dtype)
       return [tf.zeros_like(v) for v in variables], tf.constant(0.0), predictions
 
-    gradients, label_sum, predictions = tf.cond(size > 0, local_sums, nothing)
+    gradients, label_sum, predictions = tf.cond(
+        size > 0, lambda: self._loss_and_gradients(batch["video_matrix"], batch["num_frames"],
+                                                   batch["labels"], divisor), nothing)
     reg_loss = self.model.regularization_loss()
     if self.replicas > 1:
       # One all-reduce carries the gradients, the loss, the example count and the
@@ -391,11 +435,11 @@ class Trainer:
       requests = tf.identity(requests)
       gradients, label_sum, size, requests = tf.distribute.get_replica_context().all_reduce(
           tf.distribute.ReduceOp.SUM, (gradients, label_sum, size, requests))
+      gradients = [g / tf.maximum(size, 1.0) for g in gradients]
     size = tf.maximum(size, 1.0)
     # The clip applies to the gradient of the global batch, as on one device.
-    gradients = [g / size for g in gradients]
     if self.options.clip_gradient_norm > 0:
-      gradients = [tf.clip_by_norm(g, self.options.clip_gradient_norm) for g in gradients]
+      gradients = [clip_by_norm(g, self.options.clip_gradient_norm) for g in gradients]
     if self.replicas > 1:
       # Keras sums gradients over replicas once more inside apply_gradients.
       gradients = [g / self.replicas for g in gradients]

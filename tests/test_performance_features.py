@@ -57,7 +57,7 @@ def test_jit_compile_trains_like_the_plain_step(tmp_path):
   sgd = dict(optimizer="GradientDescentOptimizer", base_learning_rate=0.1)
   plain = make_trainer(tmp_path, "plain", jit_compile="false", **sgd)
   xla = make_trainer(tmp_path, "xla", like=plain, jit_compile="true", **sgd)
-  assert xla.train_step is not plain.train_step
+  assert xla._loss_and_gradients is not plain._loss_and_gradients
   np.testing.assert_allclose(run_steps(xla), run_steps(plain), rtol=2e-4)
   for a, b in zip(xla.model.trainable_variables, plain.model.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
@@ -66,8 +66,9 @@ def test_jit_compile_trains_like_the_plain_step(tmp_path):
 def test_jit_compile_auto_needs_one_replica_and_no_seed(tmp_path):
   auto = make_trainer(tmp_path, "auto")
   seeded = make_trainer(tmp_path, "seeded", seed=1)
-  # Only the XLA step is a new per-instance function; the plain one is the class's method.
-  assert "train_step" in vars(auto) and "train_step" not in vars(seeded)
+  # Only the XLA forward and backward pass is a new per-instance function; the plain one is
+  # the class's method.
+  assert "_loss_and_gradients" in vars(auto) and "_loss_and_gradients" not in vars(seeded)
   with pytest.raises(utils.InputError, match="jit_compile"):
     make_trainer(tmp_path, "bad", jit_compile="sometimes")
 

@@ -1,6 +1,7 @@
 """Training loop pieces: schedule, optimizers, the step's arithmetic, precise BN, resume."""
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -55,9 +56,48 @@ def test_optimizer_names_map_to_tf1_defaults():
   adam = training.make_optimizer("AdamOptimizer", 0.1)
   assert adam.epsilon == 1e-8 and adam.beta_1 == 0.9 and adam.beta_2 == 0.999
   assert type(training.make_optimizer("GradientDescentOptimizer", 0.1)).__name__ == "SGD"
-  assert type(training.make_optimizer("Adam", 0.1)).__name__ == "Adam"
+  assert type(training.make_optimizer("Adam", 0.1)) is training.FusedAdam
   with pytest.raises(ValueError, match="unknown --optimizer 'Nope'"):
     training.make_optimizer("Nope", 0.1)
+
+
+def test_fused_adam_is_tf1_adam():
+  """FusedAdam (ResourceApplyAdam) against the TF1 AdamOptimizer equation in float64 and
+  against Keras's Adam, over steps of different gradients, slots in the same places."""
+  rng = np.random.default_rng(0)
+  start = rng.normal(size=(7, 5)).astype(np.float32)
+  grads = [rng.normal(scale=s, size=(7, 5)).astype(np.float32) for s in (1.0, 0.1, 3.0, 1e-4)]
+  finals = {}
+  for cls in (keras.optimizers.Adam, training.FusedAdam):
+    variable = tf.Variable(start)
+    optimizer = cls(0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    optimizer.build([variable])
+    step = tf.function(lambda g: optimizer.apply_gradients([(g, variable)]))
+    for g in grads:
+      step(tf.constant(g))
+    finals[cls] = (variable.numpy(), optimizer._momentums[0].numpy(),
+                   optimizer._velocities[0].numpy())
+  w, m, v = start.astype(np.float64), 0.0, 0.0
+  for t, g in enumerate(grads, 1):
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g.astype(np.float64) ** 2
+    w = w - 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8)
+  fused = finals[training.FusedAdam]
+  for got, want in zip(fused, (w, m, v)):
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+  for got, keras_value in zip(fused, finals[keras.optimizers.Adam]):
+    np.testing.assert_allclose(got, keras_value, rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 40.0])
+def test_clip_by_norm_equals_tf_clip_by_norm(scale):
+  g = tf.constant(np.random.default_rng(1).normal(size=(300, 17)) * scale / 300, tf.float32)
+  norm = float(tf.norm(g))
+  got = training.clip_by_norm(g, 0.5).numpy()
+  np.testing.assert_allclose(got, tf.clip_by_norm(g, 0.5).numpy(), rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(np.linalg.norm(got), min(norm, 0.5), rtol=1e-5)
+  if norm <= 0.5:
+    assert np.array_equal(got, g.numpy())  # within the norm: untouched
 
 
 def test_step_clips_each_gradient_tensor_and_adds_l2(tmp_path, data_dir):
