@@ -164,7 +164,8 @@ def measure(key: str, seconds: float) -> dict:
 
 
 def report(r: dict, measured_step: Optional[float] = None) -> List[str]:
-  """The table's lines: each product's rate, then the ceilings of the step."""
+  """The table's lines: each product's rate, then the ceilings of the step. %pk divides by
+  the peak measured in the same process, right before the products."""
   peak = r["peak"]
   rate = lambda flop, s: "%6.1f %5.1f%%" % (flop / s / 1e9, 100.0 * flop / s / peak)
   lines = ["%-28s %-26s %7s  %-12s  %-12s  %-12s" % (

@@ -11,7 +11,9 @@ absolute timings on a shared machine are noisy:
     compute is measured), plus one end-to-end run through the real input pipeline;
   * inference: videos/s and FLOP/s / peak (float64, the scripts' default, and float32);
   * cost growth: time per example as frames, clusters and batch size double (NetVLAD);
-  * file_averaging (benchmarks/bench_file_averaging.py, reduced size unless --full_averaging).
+  * file_averaging (benchmarks/bench_file_averaging.py, reduced size unless --full_averaging);
+  * kernel ceiling: the Gated NetVLAD step's matrix products timed alone at their shapes, and
+    the step time (and %peak) they bound (benchmarks/kernel_ceiling.py).
 FLOPs are counted analytically (benchmarks/flops.py). Each model runs in a child process, so
 that its memory is returned and its peak resident set is its own.
 
@@ -37,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
-SECTIONS = ("reader", "train", "e2e", "inference", "growth", "averaging")
+SECTIONS = ("reader", "train", "e2e", "inference", "growth", "averaging", "ceiling")
 READER_VIDEOS = 240
 
 
@@ -218,8 +220,13 @@ def child_growth(a):
   return dict(rows=rows)
 
 
+def child_ceiling(a):
+  import kernel_ceiling
+  return kernel_ceiling.measure(a.config, seconds=0.6)
+
+
 CHILDREN = dict(train=child_train, e2e=child_e2e, inference=child_inference,
-                reader=child_reader, growth=child_growth)
+                reader=child_reader, growth=child_growth, ceiling=child_ceiling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +428,17 @@ def run_all(a):
     print("\n".join("   " + l for l in proc.stdout.strip().splitlines()))
     if proc.returncode != 0:
       print("   (failed: %s)" % proc.stderr.strip()[-500:])
+
+  if "ceiling" not in skip and "netvlad" in keys:
+    print("\n7. kernel ceiling of the Gated NetVLAD training step (benchmarks/kernel_ceiling.py): "
+          "each matrix product of the step timed alone at its shape", flush=True)
+    r = run_child("ceiling", a, config="netvlad")
+    if r is not None:
+      import kernel_ceiling
+      results["ceiling"] = r
+      measured = train.get("netvlad")
+      step = measured["seconds"] / measured["steps"] if measured else None
+      print("\n".join("   " + line for line in kernel_ceiling.report(r, step)), flush=True)
 
   end_peak = flops.matmul_peak()
   results["peak_end"] = end_peak

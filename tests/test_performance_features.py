@@ -132,3 +132,48 @@ def test_flop_formulas_count_every_weight_matrix(key):
   assert parts["hidden"] == 2 * _weight_elements(model, "hidden1_weights")
   if config.gating:
     assert parts["context_gate"] == 2 * _weight_elements(model, "gating_weights_2")
+
+
+def _config_of(key, scale):
+  from absl import flags
+  import script_flags
+  values = flags.FlagValues()
+  script_flags.define_flags("train", values)
+  args = configurations.scaled_args(configurations.CONFIGS_BY_KEY[key].train_args, scale)
+  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
+  return script_flags.model_config_from_flags(values), values.batch_size
+
+
+@pytest.mark.parametrize("key", ["netvlad", "netfv", "netrvlad"])
+def test_kernel_ceiling_lists_every_product_of_the_step(key):
+  """The products timed by benchmarks/kernel_ceiling.py add up to the analytic training
+  FLOPs of the README configuration at its batch size (3 per forward product)."""
+  import kernel_ceiling
+  config, batch = _config_of(key, {})
+  products = kernel_ceiling.training_products(config, batch)
+  assert len(products) % 3 == 0
+  assert sum(p.flops for p in products) == pytest.approx(
+      batch * flops.training_flops_per_video(config), rel=1e-12)
+
+
+@pytest.mark.parametrize("transpose_a", [False, True])
+def test_kernel_ceiling_gradient_products_are_the_gradients(transpose_a):
+  """Each gradient product of kernel_ceiling.with_gradients, fed the tensors it stands for,
+  computes tf.GradientTape's gradient of the forward product (shapes and transposes)."""
+  import kernel_ceiling
+  forward, grad_a, grad_b = kernel_ceiling.with_gradients("p", 5, 3, 4, batch=2,
+                                                          transpose_a=transpose_a)
+  rng = np.random.default_rng(0)
+  a, b = (tf.constant(rng.normal(size=s), tf.float32) for s in forward.operand_shapes())
+  upstream = tf.constant(rng.normal(size=[2, 5, 4]), tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch([a, b])
+    out = tf.matmul(a, b, transpose_a=transpose_a)
+  want_a, want_b = tape.gradient(out, [a, b], output_gradients=upstream)
+  # Operands of each gradient product: dA = (B, dC) if A was stored transposed, else (dC, B);
+  # dB = (A, dC).
+  operands_a = (b, upstream) if transpose_a else (upstream, b)
+  for product, operands, want in ((grad_a, operands_a, want_a), (grad_b, (a, upstream), want_b)):
+    assert [list(o.shape) for o in operands] == [list(s) for s in product.operand_shapes()]
+    got = tf.matmul(*operands, transpose_a=product.transpose_a, transpose_b=product.transpose_b)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
