@@ -342,7 +342,8 @@ def run_all(a):
       compute = train.get(a.e2e_config)
       versus = ""
       if compute:
-        versus = " = %.2f of the compute-only step" % (rate / (compute["steps"] / compute["seconds"]))
+        compute_rate = compute["steps"] / compute["seconds"]
+        versus = " = %.2f of the compute-only step" % (rate / compute_rate)
       print("\n   end to end (%s, generated 300-frame data through the reader): %.3f steps/s, "
             "%.1f ex/s, %s GFLOP/s %%peak%s, RSS %.0f MB" % (
                 a.e2e_config, rate, rate * r["batch"], fmt_rate(achieved, peak), versus,

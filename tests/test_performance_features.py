@@ -21,7 +21,8 @@ import flops  # noqa: E402  (benchmarks/ is not a package)
 
 SMALL = models.ModelConfig(model="NetVLADModelLF", feature_names=("rgb", "audio"),
                            feature_sizes=(1024, 128), frame_features=True, num_classes=20,
-                           iterations=8, sample_random_frames=False, netvlad_cluster_size=4, netvlad_hidden_size=16,
+                           iterations=8, sample_random_frames=False, netvlad_cluster_size=4,
+                           netvlad_hidden_size=16,
                            netvlad_relu=False, gating=True, moe_prob_gating=True)
 
 

@@ -179,8 +179,8 @@ def test_every_model_trains_resumes_evaluates_and_infers(tmp_path, data_dir, nam
                                  top_k=5)
   assert results["num_examples"] == 48 and 0 <= results["gap"] <= 1
   output = str(tmp_path / "out.csv")
-  assert inference.run_inference(model, config, os.path.join(data_dir, "test*.tfrecord"), output, 16,
-                                 3, 2) == 40
+  assert inference.run_inference(model, config, os.path.join(data_dir, "test*.tfrecord"), output,
+                                 16, 3, 2) == 40
   lines = open(output).read().splitlines()
   assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == 41
   assert len(lines[1].split(",")[1].split()) == 6
