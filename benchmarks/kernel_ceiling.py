@@ -77,9 +77,9 @@ def training_products(config, batch: int) -> List[Product]:
   products = []
   for name, f, k in zip(config.feature_names, sizes, clusters):
     products += with_gradients("%s assignment" % name, batch * n, f, k)
-    for order in (("first", "second") if fv else ("",)):
-      label = "%s %s aggregation" % (name, order) if order else "%s aggregation" % name
-      products += with_gradients(label.replace("  ", " "), f, n, k, batch, transpose_a=True)
+    for order in (("first ", "second ") if fv else ("",)):
+      products += with_gradients("%s %saggregation" % (name, order), f, n, k, batch,
+                                 transpose_a=True)
   pooled = (2 if fv else 1) * sum(f * k for f, k in zip(sizes, clusters))
   products += with_gradients("hidden", batch, pooled, hidden)
   if config.gating:
@@ -127,18 +127,18 @@ def time_product(p: Product, seconds: float):
 
 
 def adam_update_seconds(model, seconds: float) -> float:
-  """One fused Adam update (ResourceApplyAdam: reads var, m, v, grad; writes var, m, v) of
-  every trainable variable: the least memory traffic a TF Adam step can have."""
+  """One update of every trainable variable by the trainer's Adam (training.FusedAdam:
+  ResourceApplyAdam reads var, m, v, grad and writes var, m, v), the least memory traffic a
+  TF Adam step can have."""
+  import training
   variables = model.trainable_variables
-  slots = [(tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))) for v in variables]
+  optimizer = training.FusedAdam(1e-4, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+  optimizer.build(variables)
   grads = [tf.random.normal(v.shape, stddev=1e-3) for v in variables]
 
   @tf.function(autograph=False)
   def update():
-    for var, (m, v), g in zip(variables, slots, grads):
-      tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=0.9,
-                                   beta2_power=0.999, lr=1e-4, beta1=0.9, beta2=0.999,
-                                   epsilon=1e-8, grad=g)
+    optimizer.apply_gradients(zip(grads, variables))
     return tf.constant(0)
 
   return _best_seconds(lambda: update().numpy(), seconds)

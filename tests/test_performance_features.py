@@ -101,6 +101,16 @@ def test_batch_norm_statistics_stay_float32_under_bf16():
                              rtol=1e-5)
 
 
+def _train_config(args):
+  """The ModelConfig and batch size train.py makes of these arguments."""
+  from absl import flags
+  import script_flags
+  values = flags.FlagValues()
+  script_flags.define_flags("train", values)
+  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
+  return script_flags.model_config_from_flags(values), values.batch_size
+
+
 def _weight_elements(model, name_part):
   return sum(v.shape.num_elements() for v in model.trainable_variables
              if name_part in v.name and len(v.shape) >= 2)
@@ -110,14 +120,9 @@ def _weight_elements(model, name_part):
 def test_flop_formulas_count_every_weight_matrix(key):
   """Each counted product is 2 FLOPs per multiply-add of a weight matrix of the (scaled)
   model: the formulas and the models' real weight shapes agree."""
-  from absl import flags
-  import script_flags
-  willow = configurations.CONFIGS_BY_KEY[key]
-  values = flags.FlagValues()
-  script_flags.define_flags("train", values)
-  args = configurations.scaled_args(willow.train_args, configurations.DEMO_SCALE[key])
-  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
-  config = script_flags.model_config_from_flags(values)
+  args = configurations.scaled_args(configurations.CONFIGS_BY_KEY[key].train_args,
+                                    configurations.DEMO_SCALE[key])
+  config, _ = _train_config(args)
   model = models.build_model(config)
   parts = flops.forward_flops_per_video(config)
   head = _weight_elements(model, "moe") + _weight_elements(model, "logistic")
@@ -135,22 +140,12 @@ def test_flop_formulas_count_every_weight_matrix(key):
     assert parts["context_gate"] == 2 * _weight_elements(model, "gating_weights_2")
 
 
-def _config_of(key, scale):
-  from absl import flags
-  import script_flags
-  values = flags.FlagValues()
-  script_flags.define_flags("train", values)
-  args = configurations.scaled_args(configurations.CONFIGS_BY_KEY[key].train_args, scale)
-  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
-  return script_flags.model_config_from_flags(values), values.batch_size
-
-
 @pytest.mark.parametrize("key", ["netvlad", "netfv", "netrvlad"])
 def test_kernel_ceiling_lists_every_product_of_the_step(key):
   """The products timed by benchmarks/kernel_ceiling.py add up to the analytic training
   FLOPs of the README configuration at its batch size (3 per forward product)."""
   import kernel_ceiling
-  config, batch = _config_of(key, {})
+  config, batch = _train_config(configurations.CONFIGS_BY_KEY[key].train_args)
   products = kernel_ceiling.training_products(config, batch)
   assert len(products) % 3 == 0
   assert sum(p.flops for p in products) == pytest.approx(
