@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: venv test quick-test demo bench clean
+.PHONY: venv lint test quick-test demo bench clean
 
 $(STAMP): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(STAMP): requirements.txt requirements-test.txt
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The linter runs first: `make test` fails on an unused import or an undefined name.
+lint: $(STAMP)
+	$(PY) -m ruff check --no-cache .
+
+test: lint
 	$(PY) -m pytest -q tests
 
-quick-test: $(STAMP)
+quick-test: lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)

@@ -22,7 +22,6 @@ from absl import logging
 import checkpoint_utils
 import eval_util
 import losses
-import models
 import readers
 import script_flags
 import utils
@@ -41,8 +40,8 @@ def prediction_function(model, loss_name="CrossEntropyLoss", alpha=0.5):
   return predict
 
 
-def evaluate(model, config, data_pattern, batch_size, num_readers, top_k, loss_name="CrossEntropyLoss",
-             alpha=0.5, step=0, writer=None, predict=None):
+def evaluate(model, config, data_pattern, batch_size, num_readers, top_k,
+             loss_name="CrossEntropyLoss", alpha=0.5, step=0, writer=None, predict=None):
   """Runs the model over every record of data_pattern; returns EvaluationMetrics.get().
 
   `predict` (from prediction_function) lets successive checkpoints share one traced graph."""

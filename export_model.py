@@ -8,14 +8,12 @@ the batch-norm statistics are exported too (it restored only the trainable varia
   python export_model.py --train_dir=DIR [--check_point=N] [--export_dir=DIR/export/step_N]
 """
 import os
-import shutil
 
 import tensorflow as tf
 from absl import flags
 from absl import logging
 
 import checkpoint_utils
-import readers
 import script_flags
 
 FLAGS = flags.FLAGS

@@ -474,7 +474,7 @@ def _parse_row_block(path: str, first_line, raw: np.ndarray, num_classes: int,
                       problem)
 
   layout = _uniform_layout(seps, chars) or _general_layout(seps, chars, fail_line)
-  del seps, chars
+  seps = chars = None  # free them; from here fail_line is always given the layout
 
   video_ids = _video_ids(raw, layout, lambda line, problem: fail_line(line, problem, layout))
   # Tokens the vectorized paths cannot take go through Python, one by one; the problem on the

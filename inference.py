@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import re
-import sys
 import time
 
 # TensorFlow's default CPU allocator page-faults every large buffer afresh; its BFC allocator
@@ -21,12 +20,12 @@ import time
 # chosen before TensorFlow loads.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
-import numpy as np
 import tensorflow as tf
 from absl import flags
 from absl import logging
 
 import checkpoint_utils
+import fileio
 import readers
 import script_flags
 import utils
@@ -114,7 +113,7 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
       num_shards=num_tasks, shard_index=task_index, skip_corrupt_records=skip_corrupt_records)
   predict = make_predict_fn(model, top_k, jit_compile)
   start, count = time.time(), 0
-  with utils.atomic_output(output_file, "wb") as out:
+  with fileio.atomic_output(output_file, "wb") as out:
     out.write(HEADER)
     try:
       for batch in dataset:
@@ -131,7 +130,7 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
 
 def merge_parts(output_file: str, parts):
   """Concatenates part CSVs (each with its header) into output_file, in part order."""
-  with utils.atomic_output(output_file, "wb") as out:
+  with fileio.atomic_output(output_file, "wb") as out:
     out.write(HEADER)
     for part in parts:
       with open(part, "rb") as f:

@@ -167,7 +167,8 @@ def assign_labels(rng: np.random.Generator, num_videos: int, num_classes: int,
   for c in range(num_classes):
     labels[owners[c % num_videos]].append(c)
   cumulative = np.cumsum(class_frequencies(num_classes, zipf_exponent))
-  candidates = np.searchsorted(cumulative, rng.random((num_videos, 4 * max_labels)) * cumulative[-1])
+  draws = rng.random((num_videos, 4 * max_labels)) * cumulative[-1]
+  candidates = np.searchsorted(cumulative, draws)
   candidates = np.minimum(candidates, num_classes - 1)
   for video, row in enumerate(candidates):
     chosen = labels[video]

@@ -307,7 +307,8 @@ class GatedDBoF(tf.Module):
     assignments = self.assignment(frames, training)
     summed = tf.reduce_sum(assignments, axis=1)
     maxed = l2n(tf.reduce_max(assignments, axis=1))
-    gates = tf.sigmoid(self.gate_norm(maxed @ like(self.dim_red, maxed) @ like(self.gate_weights, maxed), training))
+    reduced = maxed @ like(self.dim_red, maxed)
+    gates = tf.sigmoid(self.gate_norm(reduced @ like(self.gate_weights, maxed), training))
     return l2n(gates * summed)
 
 

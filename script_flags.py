@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import fileio
 import models
 import utils
 
@@ -289,7 +290,7 @@ def load_saved_config(train_dir: str) -> Optional[models.ModelConfig]:
 
 
 def save_config(train_dir: str, config: models.ModelConfig):
-  utils.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
+  fileio.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
 
 
 # Model flags that describe the data rather than the architecture: a trained model reads only

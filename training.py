@@ -8,7 +8,6 @@ inference, which use them, see the right statistics at any step.
 """
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -275,7 +274,7 @@ def make_train_dir(train_dir: str):
 
 # What a save killed half-way leaves in train_dir (TensorFlow writes the data under
 # <prefix>_temp and renames it, then writes the state file `checkpoint` via a temporary;
-# utils.atomic_output writes model_config.json via .model_config.json.*.tmp). None of it is
+# fileio.atomic_output writes model_config.json via .model_config.json.*.tmp). None of it is
 # ever read: resuming follows the state file.
 _INTERRUPTED_SAVE_PATTERNS = ("model.ckpt-*_temp", "checkpoint.tmp*", "*.tempstate*",
                               ".model_config.json.*.tmp")

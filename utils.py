@@ -1,12 +1,11 @@
 """Small helpers shared by the readers, the models and the scripts."""
 import numbers
-import os
 from typing import List, Mapping, Tuple, Union
 
 import tensorflow as tf
 
-# Defined without TensorFlow so that file_averaging.py starts fast; re-exported here.
-from fileio import InputError, atomic_output, atomic_write_text  # pylint: disable=unused-import
+# Defined without TensorFlow so that file_averaging.py starts fast.
+from fileio import InputError
 
 
 def jit_compile_mode(value) -> str:

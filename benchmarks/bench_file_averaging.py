@@ -212,7 +212,8 @@ def run_baseline(folder: str, names, output: str):
 
 def import_seconds() -> float:
   """Start-up cost of `import file_averaging` (its imports include TensorFlow via utils)."""
-  code = "import time; t = time.perf_counter(); import file_averaging; print(time.perf_counter() - t)"
+  code = ("import time; t = time.perf_counter(); import file_averaging; "
+          "print(time.perf_counter() - t)")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                        capture_output=True, text=True)

@@ -162,7 +162,6 @@ def child_inference(a):
 def child_reader(a):
   """Raw TFRecord bytes/s, then decoded videos/s of the training pipeline, same files."""
   import tensorflow as tf
-  import models
   import readers
   files = sorted(tf.io.gfile.glob(a.data_pattern))
   size = sum(os.path.getsize(f) for f in files)
@@ -189,7 +188,6 @@ def child_growth(a):
   """Per-example train and inference time of a scaled NetVLAD as one size doubles at a time."""
   import tensorflow as tf
   import flops
-  import models
   base = dict(netvlad_cluster_size=32, netvlad_hidden_size=256, iterations=60, batch_size=32)
   series = [("iterations", [60, 120, 240, 480]), ("netvlad_cluster_size", [32, 64, 128, 256]),
             ("batch_size", [16, 32, 64, 128])]

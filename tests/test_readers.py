@@ -486,6 +486,6 @@ def test_error_truncated_file_names_the_pattern(tmp_path):
 
 
 def test_describe_data_error_fallback_strips_clutter():
-  error = tf.errors.UnknownError(None, None,
-                                 "{{function_node __wrapped__X}} something odd [Op:IteratorGetNext]")
+  message = "{{function_node __wrapped__X}} something odd [Op:IteratorGetNext]"
+  error = tf.errors.UnknownError(None, None, message)
   assert str(readers.describe_data_error(error, "p*")) == "something odd (reading p*)"

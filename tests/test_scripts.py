@@ -16,7 +16,6 @@ import export_model
 import inference
 import make_synthetic_data
 import models
-import training
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
