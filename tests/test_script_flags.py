@@ -94,10 +94,10 @@ def test_saved_config_round_trip(tmp_path):
   assert script_flags.load_saved_config(str(tmp_path / "missing")) is None
 
 
-def test_readme_documents_every_flag():
-  readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "README.md")).read()
+def test_flags_doc_documents_every_flag():
+  flags_doc = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "docs", "flags.md")).read()
   values = flags.FlagValues()
   script_flags.define_flags("train", values)
-  undocumented = [name for name in values if "`--%s`" % name not in readme]
+  undocumented = [name for name in values if "`--%s`" % name not in flags_doc]
   assert not undocumented

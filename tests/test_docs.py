@@ -1,0 +1,45 @@
+"""The documentation shows what the code runs and refers only to what the repository holds."""
+import glob
+import os
+import re
+
+import pytest
+
+import configurations
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKDOWN = sorted([os.path.join(ROOT, "README.md"), os.path.join(ROOT, "BENCHMARKS.md")]
+                  + glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def read(path):
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def relative(path):
+  return os.path.relpath(path, ROOT)
+
+
+@pytest.mark.parametrize("name, limit", [("README.md", 25_000), ("BENCHMARKS.md", 15_000)])
+def test_top_level_documents_stay_short(name, limit):
+  assert os.path.getsize(os.path.join(ROOT, name)) <= limit
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=relative)
+def test_no_reference_to_material_users_do_not_get(path):
+  text = read(path)
+  for word in ("SPEC.md", "../shared", "/work/shared"):
+    assert word not in text, "%s mentions %s" % (relative(path), word)
+
+
+def test_readme_shows_the_original_command_lines():
+  """Each configuration's training and inference line, as configurations.py (and the tests
+  that run them) has it; configuration 3's inference reads the directory its training wrote."""
+  readme = read(os.path.join(ROOT, "README.md"))
+  for willow in configurations.WILLOW_CONFIGS:
+    inference = willow.inference_command.replace(
+        "--train_dir=%s " % configurations.flag_value(willow.inference_args, "train_dir"),
+        "--train_dir=%s " % willow.train_dir)
+    for line in (willow.train_command, inference):
+      assert line.replace("{features}", "$path_to_features") in readme, line[:80]
