@@ -1,7 +1,6 @@
 """The documentation shows what the code runs and refers only to what the repository holds."""
 import glob
 import os
-import re
 
 import pytest
 
