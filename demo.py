@@ -2,7 +2,7 @@
 
 1. Generates learnable train / validate / test partitions (make_synthetic_data.py).
 2. Trains the seven configurations of the original README with their own command lines,
-   scaled down (configurations.DEMO_SCALE; the scaled lines are printed).
+   scaled down (readme_configs.DEMO_SCALE; the scaled lines are printed).
 3. Evaluates each on the validation partition (eval.py --run_once).
 4. Writes each model's top-50 test predictions under the original README's file names
    (inference.py --top_k=50).
@@ -24,9 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-import configurations
 import eval_util
 import make_synthetic_data
+from willow import readme_configs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NUM_CLASSES = 100  # at least the README's --top_k=50
@@ -61,22 +61,22 @@ def generate_data(data_dir, videos, quick):
 
 
 def scaled_commands(willow, data_dir, quick):
-  scale = dict(configurations.DEMO_COMMON, num_classes=str(NUM_CLASSES))
-  scale.update(configurations.DEMO_SCALE[willow.key])
+  scale = dict(readme_configs.DEMO_COMMON, num_classes=str(NUM_CLASSES))
+  scale.update(readme_configs.DEMO_SCALE[willow.key])
   if quick:
     # A few steps only: then compiling the step with XLA costs more than it saves.
     scale.update(max_step="10", bn_calibration_batches="1", jit_compile="false")
-  train = configurations.scaled_args(configurations.command_args(willow.train_command,
+  train = readme_configs.scaled_args(readme_configs.command_args(willow.train_command,
                                                                  data_dir), scale)
   # Inference keeps its README batch size; its model flags are scaled like training's (the
   # saved configuration decides anyway, and a differing flag only earns a warning).
-  model_scale = {k: v for k, v in configurations.DEMO_SCALE[willow.key].items()
+  model_scale = {k: v for k, v in readme_configs.DEMO_SCALE[willow.key].items()
                  if k != "batch_size" and k in willow.inference_command}
-  inference = configurations.scaled_args(
-      configurations.command_args(willow.inference_command, data_dir),
+  inference = readme_configs.scaled_args(
+      readme_configs.command_args(willow.inference_command, data_dir),
       dict(model_scale, num_classes=str(NUM_CLASSES)))
   # Configuration 3's README inference line names a train_dir its training never wrote.
-  inference = configurations.with_flag(inference, "train_dir", willow.train_dir)
+  inference = readme_configs.with_flag(inference, "train_dir", willow.train_dir)
   return ["train.py"] + train, ["inference.py"] + inference
 
 
@@ -124,13 +124,13 @@ def main():
   data_dir, logs = os.path.join(out, "features"), os.path.join(out, "logs")
   os.makedirs(logs, exist_ok=True)
   truth = generate_data(data_dir, args.videos, args.quick)
-  chosen = [c for c in configurations.WILLOW_CONFIGS
+  chosen = [c for c in readme_configs.WILLOW_CONFIGS
             if not args.models or c.key in args.models.split(",")]
   rows = []
   for number, willow in enumerate(chosen, 1):
     print("[2-4/5] %d/%d %s" % (number, len(chosen), willow.title), flush=True)
     train, inference = scaled_commands(willow, data_dir, args.quick)
-    train = configurations.with_flag(train, "start_new_model", "True") + shlex.split(
+    train = readme_configs.with_flag(train, "start_new_model", "True") + shlex.split(
         args.train_flags)
     started = time.time()
     log = run(train, os.path.join(logs, willow.key + "-train.log"), out)

@@ -6,25 +6,21 @@ checkpoint (sleeping --eval_interval_secs between checks, where the original bus
 restores it into the model built for the first one (the original rebuilt its graph each time).
 The model runs in inference mode: moving batch-norm statistics, deterministic frame sampling.
 """
-import os
-
-# TensorFlow's default CPU allocator page-faults every large buffer afresh; its BFC allocator
-# reuses them (train steps and reader decoding 1.5-6x faster, see BENCHMARKS.md). It must be
-# chosen before TensorFlow loads.
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
 import time
+
+import willow.tf_env  # noqa: F401  (before TensorFlow loads)
 
 import tensorflow as tf
 from absl import flags
 from absl import logging
 
-import checkpoint_utils
 import eval_util
 import losses
 import readers
-import script_flags
 import utils
+from willow import checkpoints
+from willow import configuration
+from willow import script_flags
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +41,7 @@ def evaluate(model, config, data_pattern, batch_size, num_readers, top_k,
   """Runs the model over every record of data_pattern; returns EvaluationMetrics.get().
 
   `predict` (from prediction_function) lets successive checkpoints share one traced graph."""
-  reader = config.reader()
+  reader = readers.reader_for(config)
   dataset = readers.get_input_dataset(reader, data_pattern, batch_size,
                                       num_readers=num_readers, shuffle=False, num_epochs=1)
   predict = predict or prediction_function(model, loss_name, alpha)
@@ -88,7 +84,7 @@ def new_checkpoints(train_dir, check_point=-1, run_once=False, interval_secs=60,
   it appears, checking every interval_secs (the original busy-looped)."""
   last = None
   while True:
-    path = checkpoint_utils.find_checkpoint(train_dir, check_point)
+    path = checkpoints.find_checkpoint(train_dir, check_point)
     if path is not None and path != last:
       yield path
       last = path
@@ -112,12 +108,12 @@ def main(unused_argv):
   for path in new_checkpoints(FLAGS.train_dir, FLAGS.check_point, FLAGS.run_once,
                               FLAGS.eval_interval_secs):
     if model is None:  # built and traced once, then each new checkpoint is restored into it
-      model, config = checkpoint_utils.build_model_to_restore(
-          FLAGS.train_dir, requested, explicit, FLAGS.inference_precision)
+      config = configuration.config_to_restore(FLAGS.train_dir, requested, explicit)
+      model = checkpoints.build_model_to_restore(config, FLAGS.inference_precision)
       predict = prediction_function(model, FLAGS.label_loss, FLAGS.alpha)
-    checkpoint_utils.restore_trained_weights(model, config, path)
+    checkpoints.restore_trained_weights(model, config, path)
     evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
-             FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, checkpoint_utils.checkpoint_step(path),
+             FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, checkpoints.checkpoint_step(path),
              writer, predict)
 
 

@@ -39,9 +39,9 @@ from absl import flags
 import numpy as np
 import pandas as pd
 
-import configurations
-import fileio
-from fileio import InputError
+from willow import readme_configs as configurations
+from willow import fileio
+from willow.fileio import InputError
 
 HEADER = b"VideoId,LabelConfidencePairs"
 DEFAULT_OUTPUT_FILE = "WILLOW_submission.csv"

@@ -14,9 +14,9 @@ from typing import Callable, List
 
 import tensorflow as tf
 
-import model_blocks as blocks
 import utils
-from models import BaseModel, ModelConfig, register
+from willow import model_blocks as blocks
+from willow.model_base import BaseModel, ModelConfig, register
 
 
 def sample_frames(frames, num_frames, num_samples: int, training: bool,

@@ -10,25 +10,21 @@ in N parts and this process writes part i; `python inference.py --merge_parts ..
 once all N are there. Video ids are written byte for byte, UTF-8 or not.
 """
 import glob
-import json
-import os
 import re
 import time
 
-# TensorFlow's default CPU allocator page-faults every large buffer afresh; its BFC allocator
-# reuses them (train steps and reader decoding 1.5-6x faster, see BENCHMARKS.md). It must be
-# chosen before TensorFlow loads.
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+import willow.tf_env  # noqa: F401  (before TensorFlow loads)
 
 import tensorflow as tf
 from absl import flags
 from absl import logging
 
-import checkpoint_utils
-import fileio
 import readers
-import script_flags
 import utils
+from willow import configuration
+from willow import distribution
+from willow import fileio
+from willow import script_flags
 
 FLAGS = flags.FLAGS
 
@@ -83,13 +79,11 @@ def task_split(task_index, num_tasks):
   else:
     # The chief (if any) takes part 0 and worker i part i + 1, as the tasks of a training
     # cluster; other task types (evaluator, ps) do not split the input.
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = tf_config.get("task", {})
-    cluster = tf_config.get("cluster", {})
-    chiefs = len(cluster.get("chief", []))
-    num_tasks = chiefs + len(cluster.get("worker", []))
-    if task.get("type") in ("chief", "worker") and num_tasks > 1:
-      task_index = task.get("index", 0) + (chiefs if task["type"] == "worker" else 0)
+    jobs, task_type, task_id = distribution.tf_config_cluster()
+    chiefs = len(jobs.get("chief", []))
+    num_tasks = distribution.cluster_workers(jobs)
+    if task_type in ("chief", "worker") and num_tasks > 1:
+      task_index = (task_id or 0) + (chiefs if task_type == "worker" else 0)
     else:
       num_tasks, task_index = 1, 0
   if not 0 <= task_index < num_tasks:
@@ -107,7 +101,7 @@ def part_file_name(output_file: str, task_index: int, num_tasks: int) -> str:
 def run_inference(model, config, data_pattern, output_file, batch_size, top_k, num_readers,
                   task_index=0, num_tasks=1, skip_corrupt_records=False, jit_compile=False):
   """Predicts every record matched by data_pattern and writes output_file atomically."""
-  reader = config.reader()
+  reader = readers.reader_for(config)
   dataset = readers.get_input_dataset(
       reader, data_pattern, batch_size, num_readers=num_readers, shuffle=False, num_epochs=1,
       num_shards=num_tasks, shard_index=task_index, skip_corrupt_records=skip_corrupt_records)
@@ -174,7 +168,7 @@ def main(unused_argv):
     return
   script_flags.require_flags(nonempty=["input_data_pattern"], positive=["batch_size", "top_k"])
   readers.match_files(FLAGS.input_data_pattern)
-  model, config, _ = checkpoint_utils.load_trained_model(
+  model, config, path = configuration.load_trained_model(
       FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),
       script_flags.explicit_model_flags(), FLAGS.inference_precision)
   if FLAGS.top_k > config.num_classes:

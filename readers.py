@@ -1,4 +1,5 @@
-"""YouTube-8M record readers and the tf.data input pipeline (SPEC.md 1 and 3.1).
+"""YouTube-8M record readers and the tf.data input pipeline (the original's readers.py and
+the input part of its train.py).
 
 Two readers keep the original class and argument names:
 
@@ -21,21 +22,18 @@ each record's file name alongside it, see get_input_dataset) and the problem; sc
 the TensorFlow error into a one-line utils.InputError with describe_data_error.
 
 Throughput: most of the decoding time goes into writing the float32 output (1.4 MB per
-300-frame rgb+audio video). Setting TF_CPU_ALLOCATOR_USE_BFC=true in the environment before
-TensorFlow starts lets TensorFlow reuse those buffers instead of page-faulting fresh ones for
-every batch, which sped decoding up by roughly 1.5-2x on a 2-core machine.
+300-frame rgb+audio video). TensorFlow's BFC allocator, which the scripts choose
+(willow/tf_env.py), reuses those buffers instead of page-faulting fresh ones for every batch.
 """
-import ast
 import numbers
-import re
-import struct
-import time
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import tensorflow as tf
 from absl import logging
 
 import utils
+from willow import record_errors
+from willow.record_errors import RECORD_FRAMING_BYTES
 
 # The 2017 dataset names the context id `video_id`, later versions `id`.
 ID_KEYS = ("id", "video_id")
@@ -195,7 +193,7 @@ class BaseReader:
 
 
 class YT8MFrameFeatureReader(BaseReader):
-  """Reads frame-level tf.train.SequenceExample records (SPEC.md 1.1).
+  """Reads frame-level tf.train.SequenceExample records.
 
   Each feature list (e.g. `rgb` 1024 bytes per frame, `audio` 128) is decoded independently,
   dequantized, truncated to the first max_frames frames or padded at the end with exact zeros,
@@ -299,7 +297,7 @@ class YT8MFrameFeatureReader(BaseReader):
 
 
 class YT8MAggregatedFeatureReader(BaseReader):
-  """Reads video-level tf.train.Example records (SPEC.md 1.2).
+  """Reads video-level tf.train.Example records.
 
   Each feature (e.g. `mean_rgb` 1024 floats, `mean_audio` 128) must hold exactly its size in
   floats; the features are concatenated in the order of feature_names into [B, D].
@@ -392,6 +390,13 @@ def get_reader(frame_features: bool, feature_names, feature_sizes, num_classes=4
                                      feature_names=feature_names)
 
 
+def reader_for(config) -> BaseReader:
+  """The reader of the records a model configuration (willow/model_base.py's ModelConfig) reads:
+  its frame_features, feature_names, feature_sizes and num_classes."""
+  return get_reader(config.frame_features, list(config.feature_names),
+                    list(config.feature_sizes), config.num_classes)
+
+
 # ----------------------------------------------------------------------------------------------
 # Files and the tf.data pipeline.
 
@@ -415,7 +420,7 @@ def match_files(data_pattern: str) -> List[str]:
       matches = tf.io.gfile.glob(part)
       regular = [m for m in matches if not tf.io.gfile.isdir(m)]
     except tf.errors.OpError as e:
-      raise utils.InputError("cannot list %s: %s" % (part, _first_line(e)))
+      raise utils.InputError("cannot list %s: %s" % (part, record_errors.error_message(e)))
     if not regular:
       if matches:
         raise utils.InputError(
@@ -529,11 +534,6 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
 _WHOLE_FILE = 1 << 40
 
 
-# Bytes of a TFRecord around its data: uint64 length, uint32 CRC of the length, uint32 CRC of
-# the data.
-_RECORD_FRAMING_BYTES = 16
-
-
 def _records_with_source(file_name):
   """(serialized record, file name) pairs of one TFRecord file.
 
@@ -558,7 +558,7 @@ def _records_with_source(file_name):
                                 [problem])
     with tf.control_dependencies([check]):
       added = tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) +
-                            _RECORD_FRAMING_BYTES)
+                            RECORD_FRAMING_BYTES)
       state = (bytes_read + added, count + tf.cast(tf.size(records), tf.int64))
       return state, (records, tf.fill(tf.shape(records), file_name))
 
@@ -595,7 +595,7 @@ class _SkippedRecords:
       key = file_name[tf.newaxis]
       size = tf.strings.length(record)[tf.newaxis]
       update = self.bytes_read.insert(
-          key, self.bytes_read.lookup(key) + tf.cast(size, tf.int64) + _RECORD_FRAMING_BYTES)
+          key, self.bytes_read.lookup(key) + tf.cast(size, tf.int64) + RECORD_FRAMING_BYTES)
       with tf.control_dependencies([update]):
         return tf.identity(record), file_name
     return tf.data.TFRecordDataset(file_name).map(count_bytes).ignore_errors(log_warning=True)
@@ -654,185 +654,15 @@ class _SkippedRecords:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------
-# Turning TensorFlow errors into one-line messages.
-
-# tf.debugging.Assert failures: graph mode prints "assertion failed: [<text>]", eager mode
-# "Summarized data: b'<text>'".
-_ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?:\s*\n|\s*\[\[|\s*$)", re.S)
-_EAGER_ASSERTION = re.compile(r"Summarized data: (b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")")
-_MISSING_FEATURE_LIST = re.compile(
-    r"Name: (?P<name>.*?), Feature list '(?P<feature>[^']*)' is required but could not be found")
-_UNPARSABLE = re.compile(r"Invalid protocol message input, example id: (?P<name>[^\n]*?)"
-                         r"(?:\s*\[\[|\s*\[Op:|\n|$)")
-_IN_EXAMPLE = re.compile(r"(?P<problem>[^{}\n]*?) in example (?P<name>[^\n]*?)"
-                         r"(?:\s*\[\[|\s*\[Op:|\n|$)")
-# Parser errors caused by a corrupt record that TensorFlow reports without the record's name.
-_UNNAMED_PARSE_ERROR = re.compile(r"(Unexpected total number of elements in feature \S+|"
-                                  r"Inconsistent max number of elements for feature [^\n\[]*)")
-_NAMED = re.compile(r"Name: (?P<name>.*?), (?P<problem>[^\n]*?)(?:\s*\[\[|\s*\[Op:|\n|$)")
-_BAD_RECORD_FILE = re.compile(r"(?P<problem>(?:truncated|corrupted) record at (?P<offset>\d+))")
-_CLUTTER = [
-    re.compile(r"\{\{function_node [^}]*\}\}\s*"),
-    re.compile(r"\[\[\{\{[^\]]*\]\]"),
-    re.compile(r"\[Op:[^\]]*\]( name: \S*)?"),
-    re.compile(r"Error in user-defined function passed to \S+ transformation with iterator: "
-               r"\S+: "),
-    re.compile(r"Graph execution error:\s*Detected at node .*? defined at "
-               r"\(most recent call last\):.*?\n\n", re.S),
-]
+def describe_data_error(exc: Exception, data_pattern: str = None) -> utils.InputError:
+  """One-line InputError for an error raised while reading or decoding the records of
+  data_pattern (willow/record_errors.py recognizes TensorFlow's messages); scripts print it as
+  `error: <message>`."""
+  return record_errors.describe(exc, data_pattern, list_files=_files_or_none)
 
 
-def _matching_files(data_pattern: str) -> List[str]:
+def _files_or_none(data_pattern: str) -> List[str]:
   try:
     return match_files(data_pattern)
   except utils.InputError:
     return []
-
-
-def _crc32c_table() -> List[int]:
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def masked_crc32c(data: bytes) -> int:
-  """The checksum TFRecord files store: CRC-32C (Castagnoli), rotated and offset ("masked")."""
-  crc, table = 0xFFFFFFFF, _CRC32C_TABLE
-  for byte in data:
-    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _bad_record_index(path: str, offset: int) -> Optional[int]:
-  """Index of the record of `path` that TensorFlow's "record at <offset>" refers to (the offset
-  of its header, or of its data after a data checksum failure) if that record is truncated or
-  fails a checksum, else None (no record starts there, or the record there is sound)."""
-  with tf.io.gfile.GFile(path, "rb") as f:
-    size = f.size()
-    if offset >= size:
-      return None
-    index, position = 0, 0
-    while position + 12 < offset:   # hop over the records before it, reading only lengths
-      f.seek(position)
-      header = f.read(12)
-      if len(header) < 12:
-        return None
-      position += struct.unpack("<Q", header[:8])[0] + _RECORD_FRAMING_BYTES
-      index += 1
-    if position not in (offset, offset - 12):
-      return None
-    f.seek(position)
-    header = f.read(12)
-    if len(header) < 12:
-      return index
-    length, length_crc = struct.unpack("<QI", header)
-    if masked_crc32c(header[:8]) != length_crc or position + length + _RECORD_FRAMING_BYTES > size:
-      return index
-    data = f.read(length)
-    data_crc = struct.unpack("<I", f.read(4))[0]
-    return index if masked_crc32c(data) != data_crc else None
-
-
-def locate_bad_record(files: List[str], offset: int,
-                      max_seconds: float = 20.0) -> Optional[Tuple[str, int]]:
-  """(file, record index) of the first of `files` whose record at byte `offset` is truncated or
-  corrupted, or None if none is found (the search gives up after max_seconds: it reads record
-  headers up to `offset` in every file, which on a huge remote data set can take long)."""
-  deadline = time.time() + max_seconds
-  for path in files:
-    if time.time() > deadline:
-      return None
-    try:
-      index = _bad_record_index(path, offset)
-    except (tf.errors.OpError, OSError):
-      continue
-    if index is not None:
-      return path, index
-  return None
-
-
-def _unescape(text: str) -> str:
-  """Undoes the C escaping tf.debugging.Assert applies to string data."""
-  return re.sub(r"\\(['\"\\])", r"\1", text).replace("\\n", " ")
-
-
-def error_message(exc) -> str:
-  """The first meaningful line of an exception's message, without TensorFlow's op clutter."""
-  return _first_line(exc)
-
-
-def _first_line(exc) -> str:
-  text = getattr(exc, "message", None) or str(exc)
-  for pattern in _CLUTTER:
-    text = pattern.sub("", text)
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  return lines[0] if lines else type(exc).__name__
-
-
-def describe_data_error(exc: Exception, data_pattern: Optional[str] = None) -> utils.InputError:
-  """One-line InputError for an error raised while reading or decoding records.
-
-  Keeps the file name and the problem, drops TensorFlow's op names and graph stack. Errors
-  that carry no file name (a truncated TFRecord file) mention data_pattern instead.
-
-  Args:
-    exc: the tf.errors.OpError (or any exception) raised while iterating a dataset.
-    data_pattern: the pattern being read, for errors that cannot name a file.
-
-  Returns:
-    utils.InputError; scripts print it as `error: <message>`.
-  """
-  text = getattr(exc, "message", None) or str(exc)
-  match = _ASSERTION.search(text)
-  if match:
-    return utils.InputError(_unescape(match.group(1)))
-  match = _EAGER_ASSERTION.search(text)
-  if match:
-    return utils.InputError(
-        ast.literal_eval(match.group(1)).decode("utf-8", "replace").replace("\n", " "))
-  match = _MISSING_FEATURE_LIST.search(text)
-  if match:
-    return utils.InputError(
-        "%s: a record has no frame-level feature list %s (check --feature_names; video-level "
-        "records need --frame_features=False)" % (match.group("name"), match.group("feature")))
-  match = _UNPARSABLE.search(text)
-  if match:
-    return utils.InputError("%s: a record is not a tf.train.SequenceExample / tf.train.Example "
-                            "(cannot parse it)" % match.group("name"))
-  match = _NAMED.search(text)
-  if match:
-    return utils.InputError("%s: %s" % (match.group("name"), match.group("problem").strip()))
-  match = _IN_EXAMPLE.search(text)
-  if match:
-    return utils.InputError("%s: a record cannot be parsed (%s)" % (
-        match.group("name"), match.group("problem").strip()))
-  where = ("a file matching %s" % data_pattern) if data_pattern else "a record file"
-  match = _UNNAMED_PARSE_ERROR.search(text)
-  if match:
-    return utils.InputError("%s holds a record that cannot be parsed (%s)" % (
-        where, match.group(1).strip()))
-  match = _BAD_RECORD_FILE.search(text)
-  if match:
-    # TensorFlow names only the byte offset: find the file (and record) it refers to.
-    offset = int(match.group("offset"))
-    found = locate_bad_record(_matching_files(data_pattern), offset) if data_pattern else None
-    if found:
-      path, index = found
-      return utils.InputError(
-          "%s: not a valid TFRecord file: %s record at byte %d (record %d of the file; reading "
-          "%s)" % (path, match.group("problem").split()[0], offset, index, data_pattern))
-    return utils.InputError("%s is not a valid TFRecord file (%s)" % (where,
-                                                                      match.group("problem")))
-  message = _first_line(exc)
-  if data_pattern:
-    message = "%s (reading %s)" % (message, data_pattern)
-  return utils.InputError(message)

@@ -2,17 +2,12 @@
 
 A custom TF2 loop under a tf.distribute strategy: the loss, l2 penalty, per-tensor gradient
 clipping, staircase learning-rate decay counted in examples and TF1 Adam epsilon are the
-original's (SPEC.md 3). Checkpoints go to --train_dir with the model configuration beside
+original's (its train.py). Checkpoints go to --train_dir with the model configuration beside
 them; training resumes from the latest checkpoint unless --start_new_model.
 """
-
 import dataclasses
-import os
 
-# TensorFlow's default CPU allocator page-faults every large buffer afresh; its BFC allocator
-# reuses them (train steps and reader decoding 1.5-6x faster, see BENCHMARKS.md). It must be
-# chosen before TensorFlow loads.
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+import willow.tf_env  # noqa: F401  (before TensorFlow loads)
 
 import numpy as np
 import tensorflow as tf
@@ -20,20 +15,13 @@ from absl import flags
 from absl import logging
 
 import readers
-import script_flags
-import training
+from willow import checkpoints
+from willow import configuration
+from willow import distribution
+from willow import script_flags
+from willow import training
 
 FLAGS = flags.FLAGS
-
-
-def resolve_training_config(train_dir: str):
-  """The configuration to train: the saved one when resuming, else the flags'."""
-  requested = script_flags.model_config_from_flags()
-  saved = script_flags.load_saved_config(train_dir)
-  if saved is None or FLAGS.start_new_model:
-    return requested
-  return script_flags.reconcile_config(saved, requested, script_flags.explicit_model_flags(),
-                                       train_dir)
 
 
 def start_new_model(train_dir: str):
@@ -60,12 +48,19 @@ def main(unused_argv):
     np.random.seed(FLAGS.seed)
   script_flags.require_flags(nonempty=["train_data_pattern"], positive=["batch_size"])
   readers.match_files(FLAGS.train_data_pattern)  # an empty glob is an error before any work
-  strategy = training.choose_strategy(FLAGS.distribution_strategy)
-  is_chief = training.is_chief(strategy)
+  strategy = distribution.choose_strategy(FLAGS.distribution_strategy)
+  is_chief = distribution.is_chief(strategy)
   if FLAGS.start_new_model and is_chief:
     start_new_model(FLAGS.train_dir)
-  config = resolve_training_config(FLAGS.train_dir)
-  training.Trainer(config, train_options_from_flags(), strategy).run()
+  config = configuration.config_to_train(
+      FLAGS.train_dir, script_flags.model_config_from_flags(),
+      script_flags.explicit_model_flags(), FLAGS.start_new_model)
+  if FLAGS.init_from_checkpoint and not checkpoints.list_checkpoints(FLAGS.train_dir):
+    configuration.warn_if_trained_differently(FLAGS.init_from_checkpoint, config)
+  trainer = training.Trainer(config, train_options_from_flags(), strategy)
+  if is_chief:
+    configuration.save_config(FLAGS.train_dir, config)
+  trainer.run()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from typing import List, Mapping, Tuple, Union
 import tensorflow as tf
 
 # Defined without TensorFlow so that file_averaging.py starts fast.
-from fileio import InputError
+from willow.fileio import InputError
 
 
 def jit_compile_mode(value) -> str:

@@ -3,7 +3,7 @@
 In the original neither could be trained: the default --model=LogisticModel did not exist in
 WILLOW and train.py called MoeModel without its required is_training argument. Both work here.
 """
-from models import BaseModel, ModelConfig, register
+from willow.model_base import BaseModel, ModelConfig, register
 
 
 class VideoLevelModel(BaseModel):

@@ -15,8 +15,8 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 
 import eval as eval_script  # pylint: disable=g-import-not-at-top
 import make_synthetic_data  # pylint: disable=g-import-not-at-top
-import models  # pylint: disable=g-import-not-at-top
-import training  # pylint: disable=g-import-not-at-top
+from willow import models  # pylint: disable=g-import-not-at-top
+from willow import training  # pylint: disable=g-import-not-at-top
 
 
 def main():

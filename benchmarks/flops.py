@@ -2,7 +2,7 @@
 
 Only the matrix products are counted: they are >95% of the arithmetic of every model here
 (element-wise work such as batch norm, softmax, sigmoids and l2 normalization is O(B n K) or
-O(B P) against the O(B n F K) or O(B P H) of the products next to it). Notation as SPEC.md:
+O(B P) against the O(B n F K) or O(B P H) of the products next to it). Notation:
 B batch, n sampled frames, F per-branch features (rgb 1024, audio 128), K clusters per branch,
 P pooled size, H hidden size, V classes, M mixtures, U recurrent units.
 
@@ -26,7 +26,20 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-import models
+from willow import models
+
+
+def config_and_flags(key, overrides=None):
+  """(ModelConfig, parsed FlagValues) of a README training line, scaled by `overrides`."""
+  from absl import flags
+  from willow import readme_configs
+  from willow import script_flags
+  willow = readme_configs.CONFIGS_BY_KEY[key]
+  args = readme_configs.scaled_args(willow.train_args, overrides or {})
+  values = flags.FlagValues()
+  script_flags.define_flags("train", values)
+  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
+  return script_flags.model_config_from_flags(values), values
 
 
 def _branch_clusters(cluster_size: int, sizes, divisor: int):

@@ -19,10 +19,10 @@ import sys
 import time
 from typing import List, Optional
 
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
+import willow.tf_env  # noqa: E402,F401  (before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -127,12 +127,12 @@ def time_product(p: Product, seconds: float):
 
 
 def adam_update_seconds(model, seconds: float) -> float:
-  """One update of every trainable variable by the trainer's Adam (training.FusedAdam:
+  """One update of every trainable variable by the trainer's Adam (train_step.FusedAdam:
   ResourceApplyAdam reads var, m, v, grad and writes var, m, v), the least memory traffic a
   TF Adam step can have."""
-  import training
+  from willow import train_step
   variables = model.trainable_variables
-  optimizer = training.FusedAdam(1e-4, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+  optimizer = train_step.FusedAdam(1e-4, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
   optimizer.build(variables)
   grads = [tf.random.normal(v.shape, stddev=1e-3) for v in variables]
 
@@ -146,9 +146,8 @@ def adam_update_seconds(model, seconds: float) -> float:
 
 def measure(key: str, seconds: float) -> dict:
   import flops
-  import models
-  import run_benchmarks
-  config, values = run_benchmarks._config_and_flags(key)
+  from willow import models
+  config, values = flops.config_and_flags(key)
   batch = values.batch_size
   peak = flops.matmul_peak()
   rows = []

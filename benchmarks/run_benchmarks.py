@@ -30,14 +30,13 @@ import sys
 import tempfile
 import time
 
-# TensorFlow's default CPU allocator page-faults every large buffer afresh; the BFC allocator
-# reuses them (a 6x faster NetVLAD training step here). Set before TensorFlow loads, as the
-# scripts do; children inherit it (the reader section measures both settings explicitly).
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
+
+# TensorFlow's BFC allocator, as the scripts choose it; children inherit the environment (the
+# reader section measures both settings explicitly).
+import willow.tf_env  # noqa: E402,F401
 
 SECTIONS = ("reader", "train", "e2e", "inference", "growth", "averaging", "ceiling")
 READER_VIDEOS = 240
@@ -45,18 +44,6 @@ READER_VIDEOS = 240
 
 # ---------------------------------------------------------------------------------------------
 # Child-side measurements (each runs in its own process; prints one JSON line).
-
-
-def _config_and_flags(key, overrides=None):
-  from absl import flags
-  import configurations
-  import script_flags
-  willow = configurations.CONFIGS_BY_KEY[key]
-  args = configurations.scaled_args(willow.train_args, overrides or {})
-  values = flags.FlagValues()
-  script_flags.define_flags("train", values)
-  values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
-  return script_flags.model_config_from_flags(values), values
 
 
 def _random_batch(config, batch_size, frames=300, seed=0):
@@ -71,7 +58,7 @@ def _random_batch(config, batch_size, frames=300, seed=0):
 def _make_trainer(config, batch_size, data_pattern="", jit_compile=None, mixed_precision=None):
   import dataclasses
   import tensorflow as tf
-  import training
+  from willow import training
   fields = {f.name for f in dataclasses.fields(training.TrainOptions)}
   extra = {}
   if jit_compile is not None and "jit_compile" in fields:
@@ -113,7 +100,7 @@ def _local_peak():
 
 def child_train(a):
   import flops
-  config, values = _config_and_flags(a.config, json.loads(a.overrides or "{}"))
+  config, values = flops.config_and_flags(a.config, json.loads(a.overrides or "{}"))
   batch_size = values.batch_size
   trainer = _make_trainer(config, batch_size, jit_compile=a.jit_compile,
                           mixed_precision=a.mixed_precision)
@@ -128,7 +115,7 @@ def child_train(a):
 def child_e2e(a):
   """Training through the real input pipeline (reader + shuffle + decode + step)."""
   import flops
-  config, values = _config_and_flags(a.config)
+  config, values = flops.config_and_flags(a.config)
   trainer = _make_trainer(config, values.batch_size, a.data_pattern, jit_compile=a.jit_compile)
   trainer.options.num_epochs = None
   batches = iter(trainer.distributed_dataset())
@@ -142,8 +129,8 @@ def child_inference(a):
   import tensorflow as tf
   import flops
   import inference
-  import models
-  config, values = _config_and_flags(a.config)
+  from willow import models
+  config, values = flops.config_and_flags(a.config)
   model = models.build_model(config)
   model.compute_dtype = tf.as_dtype(a.precision)
   batch = _random_batch(config, a.batch)
@@ -162,16 +149,17 @@ def child_inference(a):
 def child_reader(a):
   """Raw TFRecord bytes/s, then decoded videos/s of the training pipeline, same files."""
   import tensorflow as tf
+  import flops
   import readers
   files = sorted(tf.io.gfile.glob(a.data_pattern))
   size = sum(os.path.getsize(f) for f in files)
-  config, _ = _config_and_flags("netvlad")
+  config, _ = flops.config_and_flags("netvlad")
   out = dict(bfc=os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", ""), bytes=size, videos=0)
   for _ in range(2):  # the second pass reads from the page cache, as training epochs do
     start = time.perf_counter()
     count = sum(1 for _ in tf.data.TFRecordDataset(files, num_parallel_reads=4).batch(64))
     out["raw_seconds"] = time.perf_counter() - start
-  reader = config.reader()
+  reader = readers.reader_for(config)
   dataset = readers.get_input_dataset(reader, a.data_pattern, 80, num_readers=8, shuffle=True,
                                       num_epochs=None, seed=1)
   batches = iter(dataset)
@@ -196,7 +184,8 @@ def child_growth(a):
     for size in sizes:
       overrides = dict(base, **{name: size})
       frames = max(300, overrides["iterations"])
-      config, values = _config_and_flags("netvlad", {k: str(v) for k, v in overrides.items()})
+      config, values = flops.config_and_flags(
+          "netvlad", {k: str(v) for k, v in overrides.items()})
       trainer = _make_trainer(config, values.batch_size, jit_compile=a.jit_compile)
       batch = _random_batch(config, values.batch_size, frames=frames)
       steps, seconds = _time_steps(lambda: float(trainer.train_step(batch)["total_loss"]),
@@ -292,7 +281,7 @@ def main():
 
 
 def run_all(a):
-  import configurations
+  from willow import readme_configs
   import flops
   skip = set(filter(None, a.skip.split(",")))
   keys = a.configs.split(",")
@@ -381,8 +370,8 @@ def run_all(a):
         "local GF"))
     results["inference"] = {}
     for key in keys:
-      readme_batch = int(configurations.flag_value(
-          configurations.CONFIGS_BY_KEY[key].inference_args, "batch_size"))
+      readme_batch = int(readme_configs.flag_value(
+          readme_configs.CONFIGS_BY_KEY[key].inference_args, "batch_size"))
       batch = min(readme_batch, a.inference_batch_cap) if a.inference_batch_cap else readme_batch
       for precision in a.inference_precisions.split(","):
         r = run_child("inference", a, config=key, precision=precision, batch=batch)

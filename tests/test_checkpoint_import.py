@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import checkpoint_import
-import checkpoint_utils
-import configurations
 import losses
-import models
-import script_flags
 import tf1_reference as ref
 from utils import InputError
+from willow import checkpoint_import
+from willow import checkpoints
+from willow import configuration
+from willow import models
+from willow import readme_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = 300
@@ -54,7 +54,7 @@ def config_from_args(args, **overrides) -> models.ModelConfig:
 
 
 def readme_config(key, **overrides):
-  return config_from_args(configurations.CONFIGS_BY_KEY[key].train_args, **overrides)
+  return config_from_args(readme_configs.CONFIGS_BY_KEY[key].train_args, **overrides)
 
 
 def scaled_config(key, **overrides):
@@ -80,7 +80,7 @@ def variant_config(name):
   return scaled_config(overrides.pop("key"), **overrides)
 
 
-ALL_CASES = [c.key for c in configurations.WILLOW_CONFIGS] + sorted(VARIANTS)
+ALL_CASES = [c.key for c in readme_configs.WILLOW_CONFIGS] + sorted(VARIANTS)
 
 
 def case_config(case):
@@ -172,7 +172,7 @@ def test_readme_gated_netvlad_names_at_full_size():
   assert shapes["hidden1_weights"] == (1024 * 256 + 128 * 128, 1024)
   assert shapes["gating_prob_weights"] == (4716, 4716)
   trainable = sum(np.prod(s) for n, s in shapes.items() if not ref.is_statistic(n))
-  assert trainable == configurations.CONFIGS_BY_KEY["netvlad"].trainable_parameters
+  assert trainable == readme_configs.CONFIGS_BY_KEY["netvlad"].trainable_parameters
 
 
 def test_models_the_original_never_had_are_refused():
@@ -196,7 +196,7 @@ def test_tf1_checkpoint_predictions_match_numpy(case, tmp_path):
 
   fresh = predict(models.build_model(config), raw, num_frames)
   # The inference.py / eval.py path: no saved configuration, so the flags' model is built.
-  model, loaded_config, path = checkpoint_utils.load_trained_model(train_dir, -1, config, [])
+  model, loaded_config, path = configuration.load_trained_model(train_dir, -1, config, [])
   assert loaded_config == config and path.endswith("model.ckpt-1234")
   ours = predict(model, raw, num_frames)
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
@@ -224,11 +224,11 @@ def test_check_point_selects_the_step(tmp_path):
   first = original_values(config, raw, num_frames, seed=1)
   write_tf1_checkpoint(train_dir, first, step=10)
   write_tf1_checkpoint(train_dir, original_values(config, raw, num_frames, seed=2), step=20)
-  model, _, path = checkpoint_utils.load_trained_model(train_dir, 10, config, [])
+  model, _, path = configuration.load_trained_model(train_dir, 10, config, [])
   assert path.endswith("model.ckpt-10")
   expected, _ = ref.forward(config, first, raw, num_frames)
   np.testing.assert_allclose(predict(model, raw, num_frames), expected, rtol=1e-4, atol=1e-6)
-  _, _, latest = checkpoint_utils.load_trained_model(train_dir, -1, config, [])
+  _, _, latest = configuration.load_trained_model(train_dir, -1, config, [])
   assert latest.endswith("model.ckpt-20")
 
 
@@ -291,17 +291,17 @@ def test_refusal_through_load_trained_model_and_initialize_from(netvlad_original
   config, _, train_dir, _ = netvlad_original
   other = config.replace(gating=False)
   with pytest.raises(InputError, match="gating_weights_2"):
-    checkpoint_utils.load_trained_model(train_dir, -1, other, [])
+    configuration.load_trained_model(train_dir, -1, other, [])
   with pytest.raises(InputError, match="gating_bn/beta"):
-    checkpoint_import.initialize_from(models.build_model(other), train_dir)
+    checkpoints.initialize_from(models.build_model(other), train_dir)
 
 
 def test_directory_without_checkpoint_is_refused(tmp_path):
   model = models.build_model(scaled_config("gru"))
   with pytest.raises(InputError, match="holds no checkpoint"):
-    checkpoint_import.initialize_from(model, str(tmp_path))
+    checkpoints.initialize_from(model, str(tmp_path))
   with pytest.raises(InputError, match="neither a train_dir"):
-    checkpoint_import.initialize_from(model, str(tmp_path / "model.ckpt-5"))
+    checkpoints.initialize_from(model, str(tmp_path / "model.ckpt-5"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -309,10 +309,10 @@ def test_directory_without_checkpoint_is_refused(tmp_path):
 
 def test_initialize_from_tf1_train_dir_and_prefix(netvlad_original):
   config, values, train_dir, path = netvlad_original
-  assert checkpoint_import.is_tf1_train_dir(train_dir)
+  assert checkpoint_import.is_tf1_checkpoint(checkpoints.find_checkpoint(train_dir))
   for source in (train_dir, path):
     model = models.build_model(config)
-    assert checkpoint_import.initialize_from(model, source) == path
+    assert checkpoints.initialize_from(model, source) == path
     loaded = model_values(model)
     assert set(loaded) == set(values)
     for name, value in values.items():
@@ -327,7 +327,7 @@ def test_initialize_from_moved_tf1_train_dir(netvlad_original, tmp_path):
     f.write('model_checkpoint_path: "/home/willow/gatednetvladLF/model.ckpt-300000"\n'
             'all_model_checkpoint_paths: "/home/willow/gatednetvladLF/model.ckpt-300000"\n')
   model = models.build_model(config)
-  assert checkpoint_import.initialize_from(model, str(tmp_path)) == path
+  assert checkpoints.initialize_from(model, str(tmp_path)) == path
   np.testing.assert_array_equal(model_values(model)["gates/weights"], values["gates/weights"])
 
 
@@ -349,10 +349,10 @@ def save_our_train_dir(train_dir, config, step=7, seed=3):
 def test_initialize_from_our_train_dir(case, tmp_path):
   config = case_config(case)
   trained, path = save_our_train_dir(str(tmp_path), config)
-  assert not checkpoint_import.is_tf1_train_dir(str(tmp_path))
+  assert not checkpoint_import.is_tf1_checkpoint(checkpoints.find_checkpoint(str(tmp_path)))
   for source in (str(tmp_path), path):
     model = models.build_model(config)
-    assert checkpoint_import.initialize_from(model, source) == path
+    assert checkpoints.initialize_from(model, source) == path
     for mine, theirs in zip(model.variables, trained.variables):
       np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.name)
 
@@ -362,7 +362,7 @@ def test_our_train_dir_of_another_architecture_is_refused(tmp_path):
   _, path = save_our_train_dir(str(tmp_path), config)
   model = models.build_model(config.replace(moe_prob_gating=False, netvlad_hidden_size=8))
   with pytest.raises(InputError) as error:
-    checkpoint_import.initialize_from(model, str(tmp_path))
+    checkpoints.initialize_from(model, str(tmp_path))
   message = str(error.value)
   assert "\n" not in message and path in message
   assert "the model does not have: classifier/prob_gate/norm/beta" in message
@@ -373,10 +373,10 @@ def test_our_train_dir_trained_with_other_settings_warns(tmp_path, caplog):
   """A setting that changes no shape cannot be checked on the variables."""
   config = scaled_config("netvlad")
   save_our_train_dir(str(tmp_path), config)
-  (tmp_path / script_flags.CONFIG_FILE).write_text(config.to_json())
+  (tmp_path / configuration.CONFIG_FILE).write_text(config.to_json())
   model = models.build_model(config.replace(gating_remove_diag=True))
   with caplog.at_level(logging.WARNING):
-    checkpoint_import.initialize_from(model, str(tmp_path))
+    checkpoints.initialize_from(model, str(tmp_path))
   assert "gating_remove_diag=True (saved: False)" in caplog.text
 
 
@@ -465,7 +465,7 @@ def check_moved_as_expected(model, config, values, raw, num_frames, labels):
 def test_one_sgd_step_from_tf1_checkpoint(key, tmp_path):
   config, values, raw, num_frames, labels, original_dir = tiny_training_setup(key, tmp_path)
   model = models.build_model(config)
-  checkpoint_import.initialize_from(model, original_dir)
+  checkpoints.initialize_from(model, original_dir)
   sgd_step_with_project_pieces(model, raw, num_frames, labels)
   check_moved_as_expected(model, config, values, raw, num_frames, labels)
 
@@ -490,7 +490,7 @@ def test_full_size_gated_netvlad(tmp_path):
   train_dir = str(tmp_path / "gatednetvladLF-256k-1024-80-0002-300iter-norelu-basic-gatedmoe")
   write_tf1_checkpoint(train_dir, values, step=300000, adam_slots=False)
   expected, _ = ref.forward(config, values, raw, num_frames)
-  model, _, _ = checkpoint_utils.load_trained_model(train_dir, -1, config, [])
+  model, _, _ = configuration.load_trained_model(train_dir, -1, config, [])
   del values
   assert model.num_trainable_parameters == 333_229_888
   np.testing.assert_allclose(predict(model, raw, num_frames), expected, rtol=1e-4, atol=1e-6)
@@ -534,16 +534,16 @@ def read_scores(csv_path, num_classes):
 
 @pytest.mark.parametrize("key", [
     c.key if c.key == "netvlad" else pytest.param(c.key, marks=pytest.mark.slow)
-    for c in configurations.WILLOW_CONFIGS])
+    for c in readme_configs.WILLOW_CONFIGS])
 def test_readme_inference_command_on_original_train_dir(key, tmp_path):
   """inference.py, run with the README's inference line on a train_dir of the original."""
   pytest.importorskip("readers")
-  willow = configurations.CONFIGS_BY_KEY[key]
+  willow = readme_configs.CONFIGS_BY_KEY[key]
   args = willow.corrected_inference_args
   for name, value in dict(SCALED, train_dir=tmp_path / "train_dir", batch_size=2,
                           input_data_pattern=tmp_path / "test*.tfrecord",
                           output_file=tmp_path / "out.csv", top_k=SCALED["num_classes"]).items():
-    args = configurations.with_flag(args, name, value)
+    args = readme_configs.with_flag(args, name, value)
   # The inference line's model flags (configuration 3 adds --moe_prob_gating there).
   config = config_from_args(args)
   levels = random_levels(config)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import configurations
+from willow import readme_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One model of each family (cluster pooling, bag of words, recurrent): every stage of the
@@ -26,7 +26,7 @@ def test_demo_pipeline_writes_a_blended_submission(tmp_path):
   assert len(train_lines) == len(DEMO_MODELS)
   assert all(l.endswith(" --log_steps=5 --export_model_steps=0") for l in train_lines)
   assert result.stdout.count("  trained in ") == len(DEMO_MODELS)
-  for willow in configurations.WILLOW_CONFIGS:
+  for willow in readme_configs.WILLOW_CONFIGS:
     assert (willow.title in result.stdout) == (willow.key in DEMO_MODELS)
     assert (tmp_path / willow.inference_output).exists() == (willow.key in DEMO_MODELS)
   lines = (tmp_path / "WILLOW_submission.csv").read_text().splitlines()

@@ -29,13 +29,15 @@ if ROOT not in sys.path:  # run as a script
   sys.path.insert(0, ROOT)
 
 # Importing these runs no TensorFlow op: the script can still split the CPU device.
-import checkpoint_utils
 import inference
 import make_synthetic_data
-import model_blocks
-import models
 import readers
-import training
+from willow import checkpoints
+from willow import configuration
+from willow import distribution
+from willow import model_blocks
+from willow import models
+from willow import training
 
 NUM_CLASSES = 6
 VIDEO_FEATURES = dict(feature_names=("mean_rgb", "mean_audio"), feature_sizes=(1024, 128),
@@ -73,14 +75,14 @@ def read(path):
 
 def test_strategy_names_replicas_and_workers_of_the_default_strategy(monkeypatch):
   monkeypatch.delenv("TF_CONFIG", raising=False)
-  strategy = training.choose_strategy("default")
-  assert training.strategy_class_name(strategy) == "_DefaultDistributionStrategy"
+  strategy = distribution.choose_strategy("default")
+  assert distribution.strategy_class_name(strategy) == "_DefaultDistributionStrategy"
   assert strategy.num_replicas_in_sync == 1
-  assert training.num_workers(strategy) == 1 and training.is_chief(strategy)
-  assert training.strategy_class_name(training.choose_strategy("auto")) == (
+  assert distribution.num_workers(strategy) == 1 and distribution.is_chief(strategy)
+  assert distribution.strategy_class_name(distribution.choose_strategy("auto")) == (
       "_DefaultDistributionStrategy")  # no TF_CONFIG, no GPU
   with pytest.raises(ValueError, match="--distribution_strategy must be"):
-    training.choose_strategy("parameter_server")
+    distribution.choose_strategy("parameter_server")
 
 
 def test_the_originals_tf_config_with_master_and_ps_is_a_clear_error(monkeypatch):
@@ -88,7 +90,7 @@ def test_the_originals_tf_config_with_master_and_ps_is_a_clear_error(monkeypatch
       "cluster": {"master": ["a:1"], "worker": ["b:1"], "ps": ["c:1"]},
       "task": {"type": "master", "index": 0}}))
   with pytest.raises(ValueError, match='master/ps tasks: use "chief"'):
-    training.choose_strategy("auto")
+    distribution.choose_strategy("auto")
 
 
 @pytest.mark.parametrize("tf_config, expected", [
@@ -173,9 +175,9 @@ def mirrored_main(data_dir, work_dir, output_json):
       model="NetVLADModelLF", feature_names=("rgb", "audio"), feature_sizes=(1024, 128),
       frame_features=True, num_classes=NUM_CLASSES, iterations=5, sample_random_frames=False,
       netvlad_cluster_size=4, netvlad_hidden_size=8, gating=True, moe_prob_gating=True)
-  results = dict(mirrored_name=training.strategy_class_name(mirrored),
+  results = dict(mirrored_name=distribution.strategy_class_name(mirrored),
                  mirrored_replicas=mirrored.num_replicas_in_sync,
-                 mirrored_workers=training.num_workers(mirrored),
+                 mirrored_workers=distribution.num_workers(mirrored),
                  bn=batch_norm_statistics_under(mirrored, netvlad, data_dir, work_dir),
                  uneven=one_step_on_uneven_replicas(moe, [3, 5], data_dir, work_dir, mirrored),
                  empty=one_step_on_uneven_replicas(netvlad, [4, 0], data_dir, work_dir,
@@ -232,7 +234,7 @@ def batch_norm_statistics_under(mirrored, config, data_dir, work_dir):
   path = trainer.save("test")
   calibrated = copies(trainer.model.input_norm.moving_mean)
   plain = models.build_model(config)
-  checkpoint_utils.restore_weights(plain, path)
+  checkpoints.restore_weights(plain, path)
   saved = plain.input_norm.moving_mean.numpy()
   training.calibrate_batch_norm(plain, trainer.calibration_batches(), 3)
   resumed = training.Trainer(config, options, mirrored)
@@ -252,7 +254,7 @@ def batch_norm_statistics_under(mirrored, config, data_dir, work_dir):
 def one_step_on_uneven_replicas(config, sizes, data_dir, work_dir, mirrored):
   """One SGD step with replica batches of `sizes` against one device on all of them."""
   pattern = os.path.join(data_dir, "frames" if config.frame_features else "", "train*.tfrecord")
-  batch = next(iter(readers.get_input_dataset(config.reader(), pattern, sum(sizes),
+  batch = next(iter(readers.get_input_dataset(readers.reader_for(config), pattern, sum(sizes),
                                               num_readers=1, shuffle=False)))
   batch = {k: v for k, v in batch.items() if k in ("video_matrix", "num_frames", "labels")}
   bounds = np.cumsum([0] + sizes)
@@ -478,7 +480,7 @@ def test_two_workers_match_one_process_on_the_same_global_batch(multi_worker):
   np.testing.assert_allclose(losses, single, atol=2e-4)
   restored = []
   for train_dir in (multi_worker["train_dir"], multi_worker["single_dir"]):
-    model, _, path = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(),
+    model, _, path = configuration.load_trained_model(train_dir, -1, models.ModelConfig(),
                                                          [], "float32")
     assert path.endswith("model.ckpt-6")
     restored.append({v.name: v.numpy() for v in model.variables})
@@ -504,7 +506,7 @@ def test_inference_split_by_tf_config_merges_to_the_one_process_output(multi_wor
        "--batch_size=5"], capture_output=True, text=True, env=env, timeout=PROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr[-2000:]
   assert os.listdir(work_dir).count("predictions.csv.part-00001-of-00002") == 1
-  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  model, config, _ = configuration.load_trained_model(train_dir, -1, models.ModelConfig(), [])
   parts = [inference.part_file_name(output, index, 2) for index in range(2)]
   inference.run_inference(model, config, pattern, parts[0], 5, 3, 2, task_index=0,
                           num_tasks=2)

@@ -13,9 +13,9 @@ from absl import flags
 import numpy as np
 import pytest
 
-import configurations
 import file_averaging
 from utils import InputError
+from willow import readme_configs
 
 HEADER = "VideoId,LabelConfidencePairs\n"
 
@@ -290,7 +290,7 @@ def test_label_with_leading_zeros_and_unterminated_last_line(tmp_path):
 
 
 def test_default_inputs_are_the_seven_readme_outputs(tmp_path, monkeypatch):
-  names = configurations.README_INFERENCE_OUTPUTS
+  names = readme_configs.README_INFERENCE_OUTPUTS
   assert len(names) == 7 and len(set(names)) == 7
   assert [name for name, _ in file_averaging.default_inputs()] == names
   assert all(weight == 1 for _, weight in file_averaging.default_inputs())
@@ -432,7 +432,7 @@ def test_bad_arguments(tmp_path, capsys, flag, fragments):
 def test_missing_default_inputs_name_the_first_missing_file(tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(tmp_path)
   output = os.path.join(str(tmp_path), "WILLOW_submission.csv")
-  assert_fails_cleanly(capsys, [], output, [configurations.README_INFERENCE_OUTPUTS[0]])
+  assert_fails_cleanly(capsys, [], output, [readme_configs.README_INFERENCE_OUTPUTS[0]])
 
 
 def test_id_hash_collisions_fall_back_to_exact_ids(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import model_blocks as blocks
+from willow import model_blocks as blocks
 
 BN_SCALE = 1 / np.sqrt(1 + 1e-3)  # inference-mode BN with fresh statistics (mean 0, var 1)
 

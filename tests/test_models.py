@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import configurations
-import models
-from script_flags import expand_flag_prefixes
 from utils import InputError
+from willow import models
+from willow import readme_configs
+from willow.script_flags import expand_flag_prefixes
 
 TINY = dict(feature_names=("rgb", "audio"), feature_sizes=(16, 8), frame_features=True,
             num_classes=7, iterations=6, netvlad_cluster_size=4, netvlad_hidden_size=8,
@@ -147,7 +147,7 @@ def config_from_command(args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("willow", configurations.WILLOW_CONFIGS, ids=lambda c: c.key)
+@pytest.mark.parametrize("willow", readme_configs.WILLOW_CONFIGS, ids=lambda c: c.key)
 def test_parameter_counts_of_the_seven_configurations(willow):
   model = models.build_model(config_from_command(willow.train_args))
   assert model.num_trainable_parameters == willow.trainable_parameters

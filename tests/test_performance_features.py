@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import configurations
-import models
-import training
 import utils
+from willow import models
+from willow import readme_configs
+from willow import training
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
@@ -58,7 +58,7 @@ def test_jit_compile_trains_like_the_plain_step(tmp_path):
   sgd = dict(optimizer="GradientDescentOptimizer", base_learning_rate=0.1)
   plain = make_trainer(tmp_path, "plain", jit_compile="false", **sgd)
   xla = make_trainer(tmp_path, "xla", like=plain, jit_compile="true", **sgd)
-  assert xla._loss_and_gradients is not plain._loss_and_gradients
+  assert xla.train_step._loss_and_gradients is not plain.train_step._loss_and_gradients
   np.testing.assert_allclose(run_steps(xla), run_steps(plain), rtol=2e-4)
   for a, b in zip(xla.model.trainable_variables, plain.model.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
@@ -69,7 +69,8 @@ def test_jit_compile_auto_needs_one_replica_and_no_seed(tmp_path):
   seeded = make_trainer(tmp_path, "seeded", seed=1)
   # Only the XLA forward and backward pass is a new per-instance function; the plain one is
   # the class's method.
-  assert "_loss_and_gradients" in vars(auto) and "_loss_and_gradients" not in vars(seeded)
+  assert "_loss_and_gradients" in vars(auto.train_step)
+  assert "_loss_and_gradients" not in vars(seeded.train_step)
   with pytest.raises(utils.InputError, match="jit_compile"):
     make_trainer(tmp_path, "bad", jit_compile="sometimes")
 
@@ -91,7 +92,7 @@ def test_bf16_trains_close_to_float32(tmp_path):
 
 
 def test_batch_norm_statistics_stay_float32_under_bf16():
-  import model_blocks
+  from willow import model_blocks
   norm = model_blocks.BatchNorm(3, "bn")
   x = tf.constant(np.random.default_rng(0).normal(5.0, 2.0, [64, 3]), tf.bfloat16)
   with model_blocks.recording_batch_statistics() as records:
@@ -104,7 +105,7 @@ def test_batch_norm_statistics_stay_float32_under_bf16():
 def _train_config(args):
   """The ModelConfig and batch size train.py makes of these arguments."""
   from absl import flags
-  import script_flags
+  from willow import script_flags
   values = flags.FlagValues()
   script_flags.define_flags("train", values)
   values(script_flags.expand_flag_prefixes(["prog"] + args, list(values)))
@@ -116,12 +117,12 @@ def _weight_elements(model, name_part):
              if name_part in v.name and len(v.shape) >= 2)
 
 
-@pytest.mark.parametrize("key", [c.key for c in configurations.WILLOW_CONFIGS])
+@pytest.mark.parametrize("key", [c.key for c in readme_configs.WILLOW_CONFIGS])
 def test_flop_formulas_count_every_weight_matrix(key):
   """Each counted product is 2 FLOPs per multiply-add of a weight matrix of the (scaled)
   model: the formulas and the models' real weight shapes agree."""
-  args = configurations.scaled_args(configurations.CONFIGS_BY_KEY[key].train_args,
-                                    configurations.DEMO_SCALE[key])
+  args = readme_configs.scaled_args(readme_configs.CONFIGS_BY_KEY[key].train_args,
+                                    readme_configs.DEMO_SCALE[key])
   config, _ = _train_config(args)
   model = models.build_model(config)
   parts = flops.forward_flops_per_video(config)
@@ -145,7 +146,7 @@ def test_kernel_ceiling_lists_every_product_of_the_step(key):
   """The products timed by benchmarks/kernel_ceiling.py add up to the analytic training
   FLOPs of the README configuration at its batch size (3 per forward product)."""
   import kernel_ceiling
-  config, batch = _train_config(configurations.CONFIGS_BY_KEY[key].train_args)
+  config, batch = _train_config(readme_configs.CONFIGS_BY_KEY[key].train_args)
   products = kernel_ceiling.training_products(config, batch)
   assert len(products) % 3 == 0
   assert sum(p.flops for p in products) == pytest.approx(

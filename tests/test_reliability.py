@@ -21,12 +21,13 @@ from absl import flags as absl_flags
 
 import inference
 import make_synthetic_data
-import models
 import readers
-import script_flags
-import training
-import utils
 from tests.test_readers import write_records
+import utils
+from willow import configuration
+from willow import models
+from willow import script_flags
+from willow import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 20
@@ -324,7 +325,7 @@ def test_skip_corrupt_records_is_off_by_default_and_counts_at_the_reader(bad_set
 
 
 def test_unwritable_output_file_in_process(trained_dir, data_dir, tmp_path):
-  model, config, _ = inference.checkpoint_utils.load_trained_model(
+  model, config, _ = configuration.load_trained_model(
       trained_dir, -1, models.ModelConfig(), [])
   blocker = tmp_path / "a_file"
   blocker.write_text("x")

@@ -6,9 +6,10 @@ import sys
 import pytest
 from absl import flags
 
-import configurations
-import models
-import script_flags
+from willow import configuration
+from willow import models
+from willow import readme_configs
+from willow import script_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,10 +62,10 @@ def test_defaults_are_the_originals():
   assert parse("eval", []).num_readers == 4
 
 
-@pytest.mark.parametrize("willow", configurations.WILLOW_CONFIGS, ids=lambda c: c.key)
+@pytest.mark.parametrize("willow", readme_configs.WILLOW_CONFIGS, ids=lambda c: c.key)
 def test_readme_command_lines_parse_with_their_meaning(willow):
   train = parse("train", willow.train_args)
-  assert train.max_steps == int(configurations.flag_value(willow.train_args, "max_step"))
+  assert train.max_steps == int(readme_configs.flag_value(willow.train_args, "max_step"))
   assert train.frame_features and train.feature_names == "rgb,audio"
   inference = parse("inference", willow.inference_args)  # run_once etc. are accepted
   assert inference.top_k == 50 and inference.output_file == willow.inference_output
@@ -76,12 +77,12 @@ def test_unknown_flag_is_an_error():
 
 
 def test_model_config_from_flags_and_reconcile(caplog):
-  values = parse("train", configurations.CONFIGS_BY_KEY["netvlad"].train_args)
+  values = parse("train", readme_configs.CONFIGS_BY_KEY["netvlad"].train_args)
   config = script_flags.model_config_from_flags(values)
   assert config.model == "NetVLADModelLF" and config.netvlad_cluster_size == 256
   assert config.feature_sizes == (1024, 128) and config.moe_prob_gating
   requested = config.replace(moe_prob_gating=False, netvlad_cluster_size=8)
-  kept = script_flags.reconcile_config(config, requested, ["moe_prob_gating"], "dir")
+  kept = configuration.reconcile_config(config, requested, ["moe_prob_gating"], "dir")
   assert kept == config
   assert "moe_prob_gating" in caplog.text and "netvlad_cluster_size" not in caplog.text
 
@@ -89,9 +90,9 @@ def test_model_config_from_flags_and_reconcile(caplog):
 def test_saved_config_round_trip(tmp_path):
   config = models.ModelConfig(model="GruModel", feature_names=("rgb", "audio"),
                               feature_sizes=(1024, 128), gru_cells=12)
-  script_flags.save_config(str(tmp_path), config)
-  assert script_flags.load_saved_config(str(tmp_path)) == config
-  assert script_flags.load_saved_config(str(tmp_path / "missing")) is None
+  configuration.save_config(str(tmp_path), config)
+  assert configuration.load_saved_config(str(tmp_path)) == config
+  assert configuration.load_saved_config(str(tmp_path / "missing")) is None
 
 
 def test_flags_doc_documents_every_flag():

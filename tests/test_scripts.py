@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import checkpoint_utils
-import configurations
 import eval as eval_script
 import export_model
 import inference
 import make_synthetic_data
-import models
 import utils
+from willow import checkpoints
+from willow import configuration
+from willow import models
+from willow import readme_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 12
@@ -77,7 +78,7 @@ def test_train_logs_parameters_progress_and_saves_its_configuration(trained_dir)
 
 def test_training_beats_an_untrained_model_on_held_out_data(trained_dir, data_dir):
   train_dir, _ = trained_dir
-  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  model, config, _ = configuration.load_trained_model(train_dir, -1, models.ModelConfig(), [])
   pattern = os.path.join(data_dir, "validate*.tfrecord")
   trained = eval_script.evaluate(model, config, pattern, 64, 2, top_k=20)["gap"]
   untrained = eval_script.evaluate(models.build_model(config), config, pattern, 64, 2,
@@ -129,7 +130,7 @@ def test_inference_in_two_parts_merges_to_the_single_process_output(trained_dir,
   output = str(tmp_path / "parts.csv")
   common = ["--train_dir=" + train_dir, "--output_file=" + output, "--top_k=3",
             "--input_data_pattern=%s/test*.tfrecord" % data_dir, "--batch_size=32"]
-  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  model, config, _ = configuration.load_trained_model(train_dir, -1, models.ModelConfig(), [])
   whole = str(tmp_path / "whole.csv")
   inference.run_inference(model, config, "%s/test*.tfrecord" % data_dir, whole, 32, 3, 2)
   for index in range(2):
@@ -176,7 +177,7 @@ def test_inference_writes_an_id_that_is_not_utf8_byte_for_byte(trained_dir, data
   with tf.io.TFRecordWriter(pattern) as writer:
     for record in records:
       writer.write(record)
-  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  model, config, _ = configuration.load_trained_model(train_dir, -1, models.ModelConfig(), [])
   output = str(tmp_path / "odd.csv")
   assert inference.run_inference(model, config, pattern, output, 2, 3, 1) == 3
   with open(output, "rb") as f:
@@ -186,7 +187,7 @@ def test_inference_writes_an_id_that_is_not_utf8_byte_for_byte(trained_dir, data
 
 def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
   train_dir, _ = trained_dir
-  model, config, _ = checkpoint_utils.load_trained_model(train_dir, -1, models.ModelConfig(), [])
+  model, config, _ = configuration.load_trained_model(train_dir, -1, models.ModelConfig(), [])
   export_dir = export_model.export_saved_model(model, config, str(tmp_path / "export"), top_k=4)
   served = tf.saved_model.load(export_dir).signatures["serving_default"]
   files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "test*.tfrecord")))
@@ -250,7 +251,7 @@ FULL_SIZE = pytest.param(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["scaled", FULL_SIZE])
-@pytest.mark.parametrize("willow", configurations.WILLOW_CONFIGS, ids=lambda c: c.key)
+@pytest.mark.parametrize("willow", readme_configs.WILLOW_CONFIGS, ids=lambda c: c.key)
 def test_readme_command_lines_run_unchanged(willow, size, tmp_path_factory):
   """Each README training line and inference line, as printed (only $path_to_features
   filled in), runs. Training gets flags appended after the line: --max_step=2 and, unless
@@ -267,18 +268,18 @@ def test_readme_command_lines_run_unchanged(willow, size, tmp_path_factory):
                                            min_frames=frames[0], max_frames_gen=frames[1])
   cwd = str(tmp_path_factory.mktemp("readme_run"))
   smaller = [] if full else [
-      "--%s=%s" % (name, value) for name, value in configurations.DEMO_SCALE[willow.key].items()
+      "--%s=%s" % (name, value) for name, value in readme_configs.DEMO_SCALE[willow.key].items()
       if name != "batch_size"] + ["--num_classes=%d" % classes, "--jit_compile=false"]
-  train = configurations.command_args(willow.train_command, features)
+  train = readme_configs.command_args(willow.train_command, features)
   result = run_script("train.py", train + smaller + [
       "--max_step=2", "--bn_calibration_batches=1", "--export_model_steps=0"], cwd=cwd)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "training finished at step 2" in result.stderr, result.stderr[-3000:]
   assert os.path.exists(os.path.join(cwd, willow.train_dir, "model.ckpt-2.index"))
-  inference_args = configurations.command_args(willow.inference_command, features)
+  inference_args = readme_configs.command_args(willow.inference_command, features)
   if willow.key == "gated_dbof":  # the README's inference line names another train_dir
     os.symlink(os.path.join(cwd, willow.train_dir),
-               os.path.join(cwd, configurations.flag_value(inference_args, "train_dir")))
+               os.path.join(cwd, readme_configs.flag_value(inference_args, "train_dir")))
   result = run_script("inference.py", inference_args, cwd=cwd)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = read_csv(os.path.join(cwd, willow.inference_output))
@@ -292,7 +293,7 @@ def test_eval_restores_each_new_checkpoint_into_one_model(trained_dir, data_dir,
   watched = str(tmp_path / "watched")
   os.makedirs(watched)
   shutil.copy(os.path.join(train_dir, "model_config.json"), watched)
-  trained, config, first = checkpoint_utils.load_trained_model(train_dir, -1,
+  trained, config, first = configuration.load_trained_model(train_dir, -1,
                                                                models.ModelConfig(), [])
   for name in tf.io.gfile.glob(first + ".*"):
     shutil.copy(name, watched)
@@ -308,18 +309,19 @@ def test_eval_restores_each_new_checkpoint_into_one_model(trained_dir, data_dir,
       raise StopWatching()
     tf.train.Checkpoint(model=untrained).write(os.path.join(watched, "model.ckpt-999"))
   found = eval_script.new_checkpoints(watched, interval_secs=7, sleep=add_second_checkpoint)
-  model, config = checkpoint_utils.build_model_to_restore(watched, models.ModelConfig(), [])
+  config = configuration.config_to_restore(watched, models.ModelConfig(), [])
+  model = checkpoints.build_model_to_restore(config)
   predict = eval_script.prediction_function(model)
   gaps = []
   try:
     for path in found:
-      checkpoint_utils.restore_trained_weights(model, config, path)
-      gaps.append((checkpoint_utils.checkpoint_step(path),
+      checkpoints.restore_trained_weights(model, config, path)
+      gaps.append((checkpoints.checkpoint_step(path),
                    eval_script.evaluate(model, config, pattern, 64, 2, top_k=20,
                                         predict=predict)["gap"]))
   except StopWatching:
     pass
-  fresh, _, _ = checkpoint_utils.load_trained_model(watched, 999, models.ModelConfig(), [])
+  fresh, _, _ = configuration.load_trained_model(watched, 999, models.ModelConfig(), [])
   expected = [eval_script.evaluate(m, config, pattern, 64, 2, top_k=20)["gap"]
               for m in (trained, fresh)]
   assert [step for step, _ in gaps] == [150, 999]

@@ -9,9 +9,11 @@ import tensorflow as tf
 import eval as eval_script
 import inference
 import make_synthetic_data
-import models
-import training
 from tests.test_models import TINY, TINY_MODELS
+from willow import configuration
+from willow import models
+from willow import train_step
+from willow import training
 
 NUM_CLASSES = 7
 
@@ -45,7 +47,7 @@ def options(train_dir, data_dir, **overrides):
 
 
 def test_learning_rate_staircase_counts_examples():
-  schedule = training.ExampleStaircaseDecay(0.0002, 0.8, 4000000, 80)
+  schedule = train_step.ExampleStaircaseDecay(0.0002, 0.8, 4000000, 80)
   # Batch 80: a decay every 50,000 steps.
   assert float(schedule(49999)) == pytest.approx(0.0002)
   assert float(schedule(50000)) == pytest.approx(0.0002 * 0.8)
@@ -53,12 +55,12 @@ def test_learning_rate_staircase_counts_examples():
 
 
 def test_optimizer_names_map_to_tf1_defaults():
-  adam = training.make_optimizer("AdamOptimizer", 0.1)
+  adam = train_step.make_optimizer("AdamOptimizer", 0.1)
   assert adam.epsilon == 1e-8 and adam.beta_1 == 0.9 and adam.beta_2 == 0.999
-  assert type(training.make_optimizer("GradientDescentOptimizer", 0.1)).__name__ == "SGD"
-  assert type(training.make_optimizer("Adam", 0.1)) is training.FusedAdam
+  assert type(train_step.make_optimizer("GradientDescentOptimizer", 0.1)).__name__ == "SGD"
+  assert type(train_step.make_optimizer("Adam", 0.1)) is train_step.FusedAdam
   with pytest.raises(ValueError, match="unknown --optimizer 'Nope'"):
-    training.make_optimizer("Nope", 0.1)
+    train_step.make_optimizer("Nope", 0.1)
 
 
 def test_fused_adam_is_tf1_adam():
@@ -68,7 +70,7 @@ def test_fused_adam_is_tf1_adam():
   start = rng.normal(size=(7, 5)).astype(np.float32)
   grads = [rng.normal(scale=s, size=(7, 5)).astype(np.float32) for s in (1.0, 0.1, 3.0, 1e-4)]
   finals = {}
-  for cls in (keras.optimizers.Adam, training.FusedAdam):
+  for cls in (keras.optimizers.Adam, train_step.FusedAdam):
     variable = tf.Variable(start)
     optimizer = cls(0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
     optimizer.build([variable])
@@ -82,7 +84,7 @@ def test_fused_adam_is_tf1_adam():
     m = 0.9 * m + 0.1 * g
     v = 0.999 * v + 0.001 * g.astype(np.float64) ** 2
     w = w - 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-8)
-  fused = finals[training.FusedAdam]
+  fused = finals[train_step.FusedAdam]
   for got, want in zip(fused, (w, m, v)):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
   for got, keras_value in zip(fused, finals[keras.optimizers.Adam]):
@@ -93,7 +95,7 @@ def test_fused_adam_is_tf1_adam():
 def test_clip_by_norm_equals_tf_clip_by_norm(scale):
   g = tf.constant(np.random.default_rng(1).normal(size=(300, 17)) * scale / 300, tf.float32)
   norm = float(tf.norm(g))
-  got = training.clip_by_norm(g, 0.5).numpy()
+  got = train_step.clip_by_norm(g, 0.5).numpy()
   np.testing.assert_allclose(got, tf.clip_by_norm(g, 0.5).numpy(), rtol=1e-6, atol=1e-9)
   np.testing.assert_allclose(np.linalg.norm(got), min(norm, 0.5), rtol=1e-5)
   if norm <= 0.5:
@@ -173,7 +175,7 @@ def test_every_model_trains_resumes_evaluates_and_infers(tmp_path, data_dir, nam
   assert resumed.step == 3
   resumed.run()
   assert resumed.step == 5
-  model, config, path = inference.checkpoint_utils.load_trained_model(train_dir, -1, config, [])
+  model, config, path = configuration.load_trained_model(train_dir, -1, config, [])
   assert path.endswith("model.ckpt-5")
   results = eval_script.evaluate(model, config, os.path.join(data_dir, "validate*.tfrecord"), 16, 2,
                                  top_k=5)

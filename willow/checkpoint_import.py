@@ -1,32 +1,36 @@
 """Loading checkpoints written by the original TF1 WILLOW code (and ours) into our models.
 
-The original's train.py saved every global variable with a TF1 Saver under the names its
-`tf.get_variable` / slim calls produced (SPEC.md 4.5): no `model/` prefix (get_variable ignores
-name scopes), branch variables under `video_VLAD`, `audio_FV`, `video_DBOF`, ..., slim layers as
-`<scope>/weights|biases`, batch norms as `<scope>/beta|gamma|moving_mean|moving_variance`, and
-the RNN cells under `RNN/rnn/multi_rnn_cell/cell_<i>/`. Our blocks keep the original's tensor
-layouts (flattening orders, LSTM gate order i, j, f, o with the forget bias added at run time,
-GRU gates [r, u]), so a checkpoint value is assigned to our variable unchanged; what this module
-knows is the name of each variable, in one table.
+The original's train.py saved every global variable with a TF1 Saver under the names the
+`tf.get_variable` / slim calls of its frame_level_models.py and video_level_models.py produced:
+no `model/` prefix (get_variable ignores name scopes), branch variables under `video_VLAD`,
+`audio_FV`, `video_DBOF`, ..., slim layers as `<scope>/weights|biases`, batch norms as
+`<scope>/beta|gamma|moving_mean|moving_variance`, and the RNN cells under
+`RNN/rnn/multi_rnn_cell/cell_<i>/`. Our blocks keep the original's tensor layouts (flattening
+orders, LSTM gate order i, j, f, o with the forget bias added at run time, GRU gates [r, u]), so
+a checkpoint value is assigned to our variable unchanged; what this module knows is the name of
+each variable, in one table.
 
 A checkpoint is loaded only if it matches the model exactly: every model variable must have an
 entry of the same shape and every model entry of the checkpoint must have a variable. Optimizer
 slots and the step counter are ignored (fine-tuning starts a fresh optimizer and step).
 """
-import os
 import re
 from typing import Callable, Dict, Iterator, List, Set, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-import checkpoint_utils
 from utils import InputError
 
 Converter = Callable[[np.ndarray], np.ndarray]
 VariableMap = Dict[str, Tuple[tf.Variable, Converter]]
+
+
+def is_tf1_checkpoint(path: str) -> bool:
+  """Checkpoints of tf.train.Checkpoint carry an object graph; TF1 Saver ones do not."""
+  names = {name for name, _ in tf.train.list_variables(path)}
+  return _OBJECT_GRAPH not in names
 
 
 def same_layout(value: np.ndarray) -> np.ndarray:
@@ -294,83 +298,3 @@ def load_our_checkpoint(model: tf.Module, path: str) -> int:
   reader = _open(path)
   return _load_mapped(model, path, our_variable_map(model), _model_variable_keys(reader, path),
                       reader, "checkpoint")
-
-
-# ----------------------------------------------------------------------------------------
-# Finding the checkpoint of a train_dir.
-
-def _exists(prefix: str) -> bool:
-  return tf.io.gfile.exists(prefix + ".index")
-
-
-def latest_checkpoint(directory: str):
-  """The checkpoint the `checkpoint` state file of a train_dir names, or None.
-
-  Also finds it in a train_dir that was moved or downloaded: TF1 Savers wrote absolute paths
-  of the machine that trained into the state file, so the file name is looked up beside it.
-  Without a usable state file, the model.ckpt-N with the highest N is taken.
-  """
-  state = tf.train.get_checkpoint_state(directory)
-  if state and state.model_checkpoint_path:
-    named = state.model_checkpoint_path
-    for candidate in (named, os.path.join(directory, os.path.basename(named))):
-      if _exists(candidate):
-        return candidate
-  indexes = tf.io.gfile.glob(os.path.join(directory, checkpoint_utils.CHECKPOINT_PREFIX +
-                                          "-*.index"))
-  prefixes = [p[:-len(".index")] for p in indexes]
-  prefixes = [p for p in prefixes if checkpoint_utils.checkpoint_step(p) >= 0]
-  return max(prefixes, key=checkpoint_utils.checkpoint_step) if prefixes else None
-
-
-def resolve_checkpoint(directory_or_path: str) -> str:
-  """A train_dir (its latest checkpoint) or a checkpoint prefix -> the checkpoint prefix."""
-  if tf.io.gfile.isdir(directory_or_path):
-    path = latest_checkpoint(directory_or_path)
-    if path is None:
-      raise InputError("%s holds no checkpoint (no model.ckpt-N.index)" % directory_or_path)
-    return path
-  if _exists(directory_or_path):
-    return directory_or_path
-  raise InputError("%s is neither a train_dir with a checkpoint nor a checkpoint prefix "
-                   "(no %s.index)" % (directory_or_path, directory_or_path))
-
-
-def is_tf1_train_dir(directory: str) -> bool:
-  """True if the directory's latest checkpoint was written by the original TF1 code."""
-  path = latest_checkpoint(directory) if tf.io.gfile.isdir(directory) else None
-  return path is not None and checkpoint_utils.is_tf1_checkpoint(path)
-
-
-def initialize_from(model: tf.Module, directory_or_path: str) -> str:
-  """--init_from_checkpoint: loads weights and batch-norm statistics from a train_dir of the
-  original TF1 code or of ours, or from a checkpoint prefix of either. The optimizer and the
-  step counter are not loaded. Returns the checkpoint path."""
-  path = resolve_checkpoint(directory_or_path)
-  if checkpoint_utils.is_tf1_checkpoint(path):
-    count, origin = load_tf1_checkpoint(model, path), "the original TF1 code"
-  else:
-    _warn_if_trained_differently(os.path.dirname(path), model)
-    count, origin = load_our_checkpoint(model, path), "willow-tf2"
-  statistics = sum(1 for v in model.variables if not v.trainable)
-  logging.info("initialized %s from %s (written by %s): %d variables (%s values), "
-               "%d of them batch-norm statistics; the optimizer and the step start afresh",
-               type(model).__name__, path, origin, count,
-               "{:,}".format(sum(v.shape.num_elements() for v in model.variables)), statistics)
-  return path
-
-
-def _warn_if_trained_differently(train_dir: str, model: tf.Module):
-  """Settings that change no shape (e.g. --gating_remove_diag) cannot be checked on the
-  variables: compare them with the configuration saved beside our checkpoints."""
-  import script_flags  # the saved-configuration format; only needed for our train_dirs
-  saved = script_flags.load_saved_config(train_dir)
-  config = getattr(model, "config", None)
-  if saved is None or config is None:
-    return
-  differing = ["%s=%s (saved: %s)" % (name, getattr(config, name), getattr(saved, name))
-               for name in sorted(vars(config))
-               if getattr(config, name) != getattr(saved, name)]
-  if differing:
-    logging.warning("%s was trained with other model settings than the flags give: %s",
-                    train_dir, ", ".join(differing))

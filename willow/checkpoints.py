@@ -1,107 +1,136 @@
-"""Finding a checkpoint in a train_dir and rebuilding the trained model from it.
+"""The checkpoints of a train_dir: finding them, and rebuilding the trained model from one.
 
 eval.py, inference.py and export_model.py rebuild the model from the configuration that
-train.py saved beside its checkpoints (the original re-imported the training graph, so the
-model flags given to its inference.py did not matter; they do not here either). A train_dir
-written by the original TF1 code has no saved configuration: the model is then built from the
-command-line flags and its variables are mapped by checkpoint_import.py.
+train.py saved beside its checkpoints (willow/configuration.py decides which configuration
+that is). A train_dir written by the original TF1 code has no saved configuration: the model is
+then built from the command-line flags and its variables are mapped by
+willow/checkpoint_import.py.
 """
 import os
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional
 
 import tensorflow as tf
 from absl import logging
 
-import model_blocks
-import models
-import script_flags
 from utils import InputError
+from willow import checkpoint_import
+from willow import model_blocks
+from willow import models
 
 CHECKPOINT_PREFIX = "model.ckpt"
+PRECISIONS = {"float64": tf.float64, "float32": tf.float32}
 
 
 def checkpoint_step(path: str) -> int:
-  """model.ckpt-1234 -> 1234."""
+  """model.ckpt-1234 -> 1234 (-1 for a name without a step)."""
   try:
     return int(os.path.basename(path).rsplit("-", 1)[1])
   except (IndexError, ValueError):
     return -1
 
 
-def find_checkpoint(train_dir: str, check_point: int = -1) -> Optional[str]:
-  """The latest checkpoint (check_point < 0) or model.ckpt-<check_point>; None when the
-  directory has no checkpoint yet. A requested step that does not exist is an error."""
-  if not tf.io.gfile.isdir(train_dir):
-    raise InputError("train_dir %s does not exist" % train_dir)
-  if check_point is not None and check_point >= 0:
-    path = os.path.join(train_dir, "%s-%d" % (CHECKPOINT_PREFIX, check_point))
-    if not tf.io.gfile.exists(path + ".index"):
-      raise InputError("%s: no checkpoint for step %d (--check_point)" % (train_dir,
-                                                                          check_point))
+def _exists(prefix: str) -> bool:
+  return tf.io.gfile.exists(prefix + ".index")
+
+
+def list_checkpoints(train_dir: str) -> List[str]:
+  """The checkpoints of a train_dir, newest first: those its `checkpoint` state file names or,
+  when that file is missing or its latest entry is gone, every model.ckpt-N by step.
+
+  Also finds them in a train_dir that was moved or downloaded: TF1 Savers wrote absolute paths
+  of the machine that trained into the state file, so each name is looked up beside it too.
+  """
+  state = tf.train.get_checkpoint_state(train_dir)
+  named = list(state.all_model_checkpoint_paths) if state else []
+  if state and state.model_checkpoint_path and state.model_checkpoint_path not in named:
+    named.append(state.model_checkpoint_path)
+  found = []
+  for name in reversed(named):
+    for candidate in (name, os.path.join(train_dir, os.path.basename(name))):
+      if _exists(candidate):
+        found.append(candidate)
+        break
+    else:
+      if name == named[-1]:  # the latest is gone: the state file cannot be trusted
+        found = []
+        break
+  if found:
+    return found
+  prefixes = [p[:-len(".index")] for p in tf.io.gfile.glob(
+      os.path.join(train_dir, CHECKPOINT_PREFIX + "-*.index"))]
+  return sorted((p for p in prefixes if checkpoint_step(p) >= 0), key=checkpoint_step,
+                reverse=True)
+
+
+def find_checkpoint(location: str, step: int = -1) -> Optional[str]:
+  """The checkpoint to use: `location` is a train_dir (its latest checkpoint, or
+  model.ckpt-<step> when step >= 0; None when it holds none yet) or a checkpoint prefix.
+
+  Raises:
+    InputError: location is neither a directory nor a checkpoint prefix, or the requested
+      step has no checkpoint.
+  """
+  if not tf.io.gfile.isdir(location):
+    if _exists(location):
+      return location
+    raise InputError("%s does not exist (neither a train_dir nor a checkpoint prefix: no "
+                     "%s.index)" % (location, location))
+  if step is not None and step >= 0:
+    path = os.path.join(location, "%s-%d" % (CHECKPOINT_PREFIX, step))
+    if not _exists(path):
+      raise InputError("%s: no checkpoint for step %d (--check_point)" % (location, step))
     return path
-  import checkpoint_import  # pylint: disable=g-import-not-at-top (it imports this module)
-  # Unlike tf.train.latest_checkpoint, also finds checkpoints of a train_dir that was moved
-  # from the machine it was trained on (its state file holds that machine's paths).
-  return checkpoint_import.latest_checkpoint(train_dir)
+  found = list_checkpoints(location)
+  return found[0] if found else None
 
 
-def is_tf1_checkpoint(path: str) -> bool:
-  """Checkpoints of tf.train.Checkpoint carry an object graph; TF1 Saver ones do not."""
-  names = {name for name, _ in tf.train.list_variables(path)}
-  return "_CHECKPOINTABLE_OBJECT_GRAPH" not in names
-
-
-def resolve_model_config(train_dir: str, requested: models.ModelConfig,
-                         explicit: Sequence[str]) -> Tuple[models.ModelConfig, bool]:
-  """(config, saved): the saved configuration if there is one, else the flags'."""
-  saved = script_flags.load_saved_config(train_dir)
-  if saved is None:
-    return requested, False
-  return script_flags.reconcile_config(saved, requested, explicit, train_dir), True
+def require_checkpoint(location: str, step: int = -1) -> str:
+  """find_checkpoint, where a train_dir without a checkpoint is an error."""
+  path = find_checkpoint(location, step)
+  if path is None:
+    raise InputError("train_dir %s holds no checkpoint" % location)
+  return path
 
 
 def restore_weights(model: models.BaseModel, path: str):
   """Loads model weights (not the optimizer's) from one of our checkpoints or a TF1 one."""
-  import checkpoint_import  # pylint: disable=g-import-not-at-top (it imports this module)
-  if is_tf1_checkpoint(path):
+  if checkpoint_import.is_tf1_checkpoint(path):
     checkpoint_import.load_tf1_checkpoint(model, path)
   else:
     checkpoint_import.load_our_checkpoint(model, path)
 
 
-_PRECISIONS = {"float64": tf.float64, "float32": tf.float32}
+def initialize_from(model: tf.Module, location: str) -> str:
+  """--init_from_checkpoint: loads weights and batch-norm statistics from a train_dir of the
+  original TF1 code or of ours, or from a checkpoint prefix of either. The optimizer and the
+  step counter are not loaded. Returns the checkpoint path."""
+  path = require_checkpoint(location)
+  if checkpoint_import.is_tf1_checkpoint(path):
+    count, origin = checkpoint_import.load_tf1_checkpoint(model, path), "the original TF1 code"
+  else:
+    count, origin = checkpoint_import.load_our_checkpoint(model, path), "willow-tf2"
+  statistics = sum(1 for v in model.variables if not v.trainable)
+  logging.info("initialized %s from %s (written by %s): %d variables (%s values), "
+               "%d of them batch-norm statistics; the optimizer and the step start afresh",
+               type(model).__name__, path, origin, count,
+               "{:,}".format(sum(v.shape.num_elements() for v in model.variables)), statistics)
+  return path
 
 
-def _dtype(precision: str) -> tf.DType:
-  if precision not in _PRECISIONS:
+def precision_dtype(precision: str) -> tf.DType:
+  if precision not in PRECISIONS:
     raise InputError("--inference_precision must be float64 or float32, got %r" % precision)
-  return _PRECISIONS[precision]
+  return PRECISIONS[precision]
 
 
-def load_trained_model(train_dir: str, check_point: int, requested: models.ModelConfig,
-                       explicit: Sequence[str], precision: str = "float64"):
-  """Returns (model, config, checkpoint path) for eval/inference; errors name train_dir.
-
-  The model computes in `precision` (see --inference_precision)."""
-  _dtype(precision)  # a bad --inference_precision fails before the checkpoint search
-  path = find_checkpoint(train_dir, check_point)
-  if path is None:
-    raise InputError("train_dir %s holds no checkpoint" % train_dir)
-  model, config = build_model_to_restore(train_dir, requested, explicit, precision)
-  restore_trained_weights(model, config, path)
-  return model, config, path
-
-
-def build_model_to_restore(train_dir: str, requested: models.ModelConfig,
-                           explicit: Sequence[str], precision: str = "float64"):
-  """(model, config): the model train_dir's checkpoints hold, computing in `precision`, with
+def build_model_to_restore(config: models.ModelConfig, precision: str = "float64"):
+  """The model of `config`, computing in `precision` (see --inference_precision), with
   placeholder weights (zeros: no random draws) for restore_trained_weights to replace."""
-  config, _ = resolve_model_config(train_dir, requested, explicit)
-  dtype = _dtype(precision)
+  dtype = precision_dtype(precision)
   with model_blocks.variables_for_restore(dtype):
     model = models.build_model(config)
   model.compute_dtype = dtype
-  return model, config
+  return model
 
 
 def restore_trained_weights(model: models.BaseModel, config: models.ModelConfig, path: str):
@@ -115,3 +144,11 @@ def restore_trained_weights(model: models.BaseModel, config: models.ModelConfig,
     raise InputError("%s: cannot restore the %s model from it (%s)" % (
         path, config.model, str(e).splitlines()[0]))
   logging.info("restored %s (%s, step %d)", path, config.model, checkpoint_step(path))
+
+
+def restore_model(config: models.ModelConfig, path: str, precision: str = "float64"):
+  """The model of `config` with the weights of the checkpoint at `path`, computing in
+  `precision`; errors name the checkpoint."""
+  model = build_model_to_restore(config, precision)
+  restore_trained_weights(model, config, path)
+  return model

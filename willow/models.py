@@ -1,180 +1,30 @@
-"""Model configuration, the base class and the registry behind `--model=NAME`.
+"""The models by name: `--model=NAME` -> the registered class, built from a ModelConfig.
 
-The scripts turn flags into a `ModelConfig` (flags are read only at the scripts' edge); models
-are built from it, and train.py saves it beside the checkpoints so eval.py and inference.py
-rebuild exactly the model that was trained.
+Every model is a class of frame_level_models.py or video_level_models.py decorated with
+@register (willow/model_base.py); importing both modules here fills the registry.
 """
-import dataclasses
-import importlib
-import json
-from typing import Dict, Tuple, Type
+from typing import Dict, Type
 
-import tensorflow as tf
-
-import model_blocks
+import frame_level_models
+import video_level_models
 from utils import InputError
+from willow.model_base import CONFIG_FIELDS, REGISTRY, BaseModel, ModelConfig
 
-# Defaults are the original's flag defaults (SPEC.md section 2).
-@dataclasses.dataclass
-class ModelConfig:
-  """Everything that determines a model's architecture."""
-  model: str = "LogisticModel"
-  feature_names: Tuple[str, ...] = ("mean_rgb",)
-  feature_sizes: Tuple[int, ...] = (1024,)
-  frame_features: bool = False
-  num_classes: int = 4716
-  # Frame sampling (cluster models, and the RNNs with *_random_sequence).
-  iterations: int = 30
-  sample_random_frames: bool = True
-  # NetVLADModelLF / NetFVModelLF.
-  netvlad_cluster_size: int = 64
-  netvlad_hidden_size: int = 1024
-  netvlad_relu: bool = True
-  netvlad_add_batch_norm: bool = True
-  lightvlad: bool = False
-  vlagd: bool = False
-  gating: bool = False
-  gating_remove_diag: bool = False
-  fv_cluster_size: int = 64
-  fv_hidden_size: int = 2048
-  fv_relu: bool = True
-  fv_couple_weights: bool = True
-  fv_coupling_factor: float = 0.01
-  # DBoF family.
-  dbof_cluster_size: int = 16384
-  dbof_hidden_size: int = 2048
-  dbof_relu: bool = True
-  dbof_add_batch_norm: bool = True
-  dbof_activation: str = "relu"
-  dbof_pooling_method: str = "max"
-  softdbof_maxpool: bool = False
-  fc_dimred: bool = True
-  # RNNs.
-  lstm_cells: int = 1024
-  lstm_layers: int = 2
-  lstm_random_sequence: bool = False
-  lstm_backward: bool = False
-  gru_cells: int = 1024
-  gru_layers: int = 2
-  gru_random_sequence: bool = False
-  gru_backward: bool = False
-  # Classifier head.
-  video_level_classifier_model: str = "MoeModel"
-  moe_num_mixtures: int = 2
-  moe_l2: float = 1e-8
-  moe_low_rank_gating: int = -1
-  moe_prob_gating: bool = False
-  moe_prob_gating_input: str = "prob"
+__all__ = ["CONFIG_FIELDS", "BaseModel", "ModelConfig", "build_model", "get_model_class",
+           "registered_models"]
 
-  def __post_init__(self):
-    self.feature_names = tuple(self.feature_names)
-    self.feature_sizes = tuple(int(s) for s in self.feature_sizes)
-    if len(self.feature_names) != len(self.feature_sizes):
-      raise InputError("feature_names %s and feature_sizes %s differ in length"
-                       % (list(self.feature_names), list(self.feature_sizes)))
-
-  @property
-  def input_size(self) -> int:
-    return sum(self.feature_sizes)
-
-  def reader(self):
-    """The TFRecord reader of the features this model was configured for."""
-    import readers  # the models themselves do not need the input side
-    return readers.get_reader(self.frame_features, list(self.feature_names),
-                              list(self.feature_sizes), self.num_classes)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_json(cls, text: str) -> "ModelConfig":
-    values = json.loads(text)
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in known})
-
-  def replace(self, **changes) -> "ModelConfig":
-    return dataclasses.replace(self, **changes)
+MODEL_MODULES = (frame_level_models, video_level_models)
 
 
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
-
-_REGISTRY: Dict[str, Type["BaseModel"]] = {}
-_MODEL_MODULES = ("frame_level_models", "video_level_models")
+def registered_models() -> Dict[str, Type[BaseModel]]:
+  return dict(REGISTRY)
 
 
-def register(cls):
-  """Class decorator: makes the class reachable as --model=<class name>."""
-  _REGISTRY[cls.__name__] = cls
-  return cls
+def get_model_class(name: str) -> Type[BaseModel]:
+  if name not in REGISTRY:
+    raise InputError("unknown model %r; valid models: %s" % (name, ", ".join(sorted(REGISTRY))))
+  return REGISTRY[name]
 
 
-def registered_models() -> Dict[str, Type["BaseModel"]]:
-  for module in _MODEL_MODULES:
-    importlib.import_module(module)
-  return dict(_REGISTRY)
-
-
-def get_model_class(name: str) -> Type["BaseModel"]:
-  models = registered_models()
-  if name not in models:
-    raise InputError("unknown model %r; valid models: %s" % (name, ", ".join(sorted(models))))
-  return models[name]
-
-
-def build_model(config: ModelConfig) -> "BaseModel":
+def build_model(config: ModelConfig) -> BaseModel:
   return get_model_class(config.model)(config)
-
-
-class BaseModel(tf.Module):
-  """A video classifier: raw features [B, T, D] (frame level) or [B, D] (video level) and
-  frame counts in, {"predictions": [B, V]} out.
-
-  Every frame (or video-level vector) is l2-normalized first, as the original's training,
-  evaluation and export graphs did (SPEC.md 1.3); zero padding stays zero.
-  """
-
-  frame_level = True
-
-  def __init__(self, config: ModelConfig):
-    super().__init__(name=type(self).__name__)
-    self.config = config
-
-  # float32 trains; inference runs in float64 so that each video's scores do not change
-  # with batch size or batch composition even in the last printed digit (float32 matmul
-  # kernels sum in an order that depends on the batch shape).
-  compute_dtype = tf.float32
-
-  def __call__(self, raw_input, num_frames, training: bool = False):
-    model_input = model_blocks.l2n(tf.cast(raw_input, self.compute_dtype))
-    outputs = self.forward(model_input, num_frames, training)
-    return {k: tf.cast(v, self.output_dtype) for k, v in outputs.items()}
-
-  @property
-  def output_dtype(self):
-    """Mixed precision computes in 16 bits; losses and metrics get float32 predictions."""
-    return tf.float32 if self.compute_dtype.size < 4 else self.compute_dtype
-
-  def forward(self, model_input, num_frames, training: bool):
-    raise NotImplementedError
-
-  def regularization_loss(self):
-    """The penalties the original registered (the classifier head's l2 terms)."""
-    return self.classifier.regularization_loss()
-
-  @property
-  def num_trainable_parameters(self) -> int:
-    return int(sum(v.shape.num_elements() for v in self.trainable_variables))
-
-  def build_classifier(self, input_size: int, classifier: str = None):
-    """The configured video-level head on `input_size` features."""
-    c = self.config
-    name = classifier or c.video_level_classifier_model
-    if name == "MoeModel":
-      return model_blocks.MoeHead(
-          input_size, c.num_classes, num_mixtures=c.moe_num_mixtures, l2_penalty=c.moe_l2,
-          low_rank_gating=c.moe_low_rank_gating, prob_gating=c.moe_prob_gating,
-          prob_gating_input=c.moe_prob_gating_input, remove_diag=c.gating_remove_diag)
-    if name == "LogisticModel":
-      return model_blocks.LogisticHead(input_size, c.num_classes)
-    raise InputError("unknown --video_level_classifier_model %r; valid: LogisticModel, MoeModel"
-                     % name)

@@ -8,22 +8,19 @@ argparse-based flags did. Flags are read here and in the scripts' main functions
 """
 import dataclasses
 import functools
-import json
 import os
 import sys
 import tempfile
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 
-import fileio
-import models
 import utils
+from willow import models
 
 FLAGS = flags.FLAGS
-CONFIG_FILE = "model_config.json"
 
 # Defaults that differ between the original scripts.
 _SCRIPT_DEFAULTS = {
@@ -266,61 +263,3 @@ def model_config_from_flags(fv=None) -> models.ModelConfig:
 def explicit_model_flags(fv=None) -> List[str]:
   fv = FLAGS if fv is None else fv
   return [f for f in models.CONFIG_FIELDS if fv[f].present]
-
-
-def saved_config_path(train_dir: str) -> str:
-  return os.path.join(train_dir, CONFIG_FILE)
-
-
-def load_saved_config(train_dir: str) -> Optional[models.ModelConfig]:
-  import tensorflow as tf  # lazily: flag parsing should not need TensorFlow
-  path = saved_config_path(train_dir)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      config = models.ModelConfig.from_json(f.read())
-  except (ValueError, TypeError, AttributeError) as e:
-    raise utils.InputError("%s: unreadable model configuration (%s)" % (path, e))
-  try:
-    models.get_model_class(config.model)
-  except utils.InputError as e:
-    raise utils.InputError("%s: %s" % (path, e))
-  return config
-
-
-def save_config(train_dir: str, config: models.ModelConfig):
-  fileio.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
-
-
-# Model flags that describe the data rather than the architecture: a trained model reads only
-# the features (and vocabulary) it was trained on.
-DATA_FIELDS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
-
-
-def reconcile_config(saved: models.ModelConfig, requested: models.ModelConfig,
-                     explicit: Sequence[str], train_dir: str) -> models.ModelConfig:
-  """The saved configuration wins; explicit flags that disagree get one warning line, except
-  flags describing the data (DATA_FIELDS), for which a disagreement cannot work: an error."""
-  contradicting = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
-                                             _flag_text(getattr(saved, name)))
-                   for name in explicit
-                   if name in DATA_FIELDS and getattr(saved, name) != getattr(requested, name)]
-  if contradicting:
-    raise utils.InputError(
-        "%s contradicts the model configuration saved in %s: a trained model reads only the "
-        "data it was trained on; drop the flag or use another --train_dir"
-        % (", ".join(contradicting), train_dir))
-  differing = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
-                                         _flag_text(getattr(saved, name)))
-               for name in explicit if getattr(saved, name) != getattr(requested, name)]
-  if differing:
-    logging.warning("using the model configuration saved in %s; ignoring %s", train_dir,
-                    ", ".join(differing))
-  return saved
-
-
-def _flag_text(value):
-  if isinstance(value, (tuple, list)):
-    return ",".join(str(v) for v in value)
-  return json.dumps(value) if isinstance(value, str) else str(value)

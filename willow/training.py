@@ -1,13 +1,12 @@
-"""The training loop behind train.py: strategy, optimizer, schedule, step, checkpoints.
+"""The training loop behind train.py, around the step of willow/train_step.py: restore or
+initialize, the loop with its progress lines and summaries, the NaN guard, checkpoints (with
+batch-norm calibration), SavedModel exports and the signals that stop it.
 
-Faithful to the original step (SPEC.md 3.2): total = penalty * l2 + label loss; each gradient
-tensor clipped to --clip_gradient_norm on its own (not a global norm); staircase decay counted
-in examples; TF1 optimizer constants (Adam epsilon 1e-8). What differs, on purpose: batch-norm
-population statistics are re-estimated before every checkpoint (precise BN), so that eval and
-inference, which use them, see the right statistics at any step.
+What differs from the original's loop, on purpose: batch-norm population statistics are
+re-estimated before every checkpoint (precise BN), so that eval and inference, which use them,
+see the right statistics at any step.
 """
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -15,18 +14,20 @@ import tempfile
 import time
 from typing import Optional
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 import eval_util
-import losses
-import model_blocks
-import models
 import readers
-import script_flags
 import utils
+from willow import checkpoints
+from willow import distribution
+from willow import model_blocks
+from willow import models
+from willow import record_errors
+from willow import saved_model
+from willow.train_step import TrainStep
 
 
 @dataclasses.dataclass
@@ -55,144 +56,6 @@ class TrainOptions:
   seed: Optional[int] = None
   jit_compile: str = "auto"
   mixed_precision: str = "none"
-
-
-# ----------------------------------------------------------------------------------------
-# Strategy.
-
-def choose_strategy(name: str) -> tf.distribute.Strategy:
-  """auto: MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored with several GPUs,
-  else the default strategy."""
-  cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-  legacy = sorted(set(cluster) - {"chief", "worker", "evaluator"})
-  if legacy:
-    # The original's TF1 layout (master + workers + parameter servers) has no equivalent:
-    # training is synchronous, every worker holds all the variables.
-    raise utils.InputError(
-        "TF_CONFIG cluster has %s tasks: use \"chief\" (for the original's \"master\") and "
-        "\"worker\" only; parameter servers are not used" % "/".join(legacy))
-  if name == "auto":
-    if len(cluster.get("chief", [])) + len(cluster.get("worker", [])) > 1:
-      name = "multi_worker"
-    elif len(tf.config.list_logical_devices("GPU")) > 1:
-      name = "mirrored"
-    else:
-      name = "default"
-  if name == "default":
-    strategy = tf.distribute.get_strategy()
-  elif name == "mirrored":
-    strategy = tf.distribute.MirroredStrategy()
-  elif name == "multi_worker":
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-  else:
-    raise utils.InputError("--distribution_strategy must be auto, default, mirrored or "
-                           "multi_worker, got %r" % name)
-  logging.info("distribution strategy %s: %d replica(s) on %d worker(s)",
-               strategy_class_name(strategy), strategy.num_replicas_in_sync,
-               num_workers(strategy))
-  return strategy
-
-
-def strategy_class_name(strategy) -> str:
-  """The name under tf.distribute (MultiWorkerMirroredStrategy's class is called
-  CollectiveAllReduceStrategy), else the class name (_DefaultDistributionStrategy)."""
-  api_names = type(strategy).__dict__.get("_tf_api_names", ())
-  return api_names[0].split(".")[-1] if api_names else type(strategy).__name__
-
-
-def num_workers(strategy) -> int:
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
-    return 1
-  spec = resolver.cluster_spec().as_dict()
-  return len(spec.get("worker", [])) + len(spec.get("chief", []))
-
-
-def is_chief(strategy) -> bool:
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
-    return True
-  if resolver.task_type == "chief":
-    return True
-  has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
-
-
-# ----------------------------------------------------------------------------------------
-# Optimizer and learning rate.
-
-class ExampleStaircaseDecay(keras.optimizers.schedules.LearningRateSchedule):
-  """lr = base * decay ^ floor(step * global_batch / decay_examples) (SPEC.md 3.2)."""
-
-  def __init__(self, base: float, decay: float, decay_examples: float, global_batch: int):
-    self.base, self.decay = base, decay
-    self.decay_examples, self.global_batch = decay_examples, global_batch
-
-  def __call__(self, step):
-    examples = tf.cast(step, tf.float64) * self.global_batch
-    exponent = tf.floor(examples / self.decay_examples)
-    return tf.cast(self.base * tf.pow(tf.constant(self.decay, tf.float64), exponent), tf.float32)
-
-  def get_config(self):
-    return dict(base=self.base, decay=self.decay, decay_examples=self.decay_examples,
-                global_batch=self.global_batch)
-
-
-class FusedAdam(keras.optimizers.Adam):
-  """Keras Adam whose update is tf.train.AdamOptimizer's own kernel, ResourceApplyAdam.
-
-  The same equation as Keras's update (m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2),
-  w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)) and the same slot variables (so
-  the same checkpoints), in one pass over w, m, v and g instead of one per operation: the
-  update of the 333M-parameter models is bandwidth-bound (BENCHMARKS.md).
-  """
-
-  def update_step(self, gradient, variable, learning_rate):
-    if self.amsgrad:
-      return super().update_step(gradient, variable, learning_rate)
-    dtype = variable.dtype
-    index = self._get_variable_index(variable)
-    local_step = tf.cast(self.iterations + 1, dtype)
-    tf.raw_ops.ResourceApplyAdam(
-        var=variable.handle, m=self._momentums[index].handle,
-        v=self._velocities[index].handle,
-        beta1_power=tf.pow(tf.cast(self.beta_1, dtype), local_step),
-        beta2_power=tf.pow(tf.cast(self.beta_2, dtype), local_step),
-        lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype),
-        beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype),
-        grad=tf.cast(gradient, dtype))
-
-
-def clip_by_norm(gradient, clip_norm: float):
-  """tf.clip_by_norm (g c / max(|g|, c)) in fewer passes over a large gradient: L2Loss sums
-  the squares without storing them, and a tensor within the norm is returned as it is
-  (tf.clip_by_norm would multiply it by c / c) instead of being rewritten."""
-  norm = tf.sqrt(2.0 * tf.nn.l2_loss(gradient))
-  return tf.cond(norm > clip_norm, lambda: gradient * (clip_norm / norm), lambda: gradient)
-
-
-# The original built tf.train.<name>(learning_rate); these are the TF1 defaults of each.
-_OPTIMIZERS = {
-    "AdamOptimizer": lambda lr: FusedAdam(lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
-    "GradientDescentOptimizer": lambda lr: keras.optimizers.SGD(lr),
-    "MomentumOptimizer": lambda lr: keras.optimizers.SGD(lr, momentum=0.9),
-    "AdagradOptimizer": lambda lr: keras.optimizers.Adagrad(
-        lr, initial_accumulator_value=0.1, epsilon=1e-7),
-    "AdadeltaOptimizer": lambda lr: keras.optimizers.Adadelta(lr, rho=0.95, epsilon=1e-8),
-    "RMSPropOptimizer": lambda lr: keras.optimizers.RMSprop(lr, rho=0.9, epsilon=1e-10),
-    "FtrlOptimizer": lambda lr: keras.optimizers.Ftrl(lr),
-}
-_KERAS_NAMES = {"Adam": "AdamOptimizer", "SGD": "GradientDescentOptimizer",
-                "Adagrad": "AdagradOptimizer", "Adadelta": "AdadeltaOptimizer",
-                "RMSprop": "RMSPropOptimizer", "Ftrl": "FtrlOptimizer"}
-
-
-def make_optimizer(name: str, learning_rate):
-  name = _KERAS_NAMES.get(name, name)
-  if name not in _OPTIMIZERS:
-    raise utils.InputError("unknown --optimizer %r; valid: %s" % (
-        name, ", ".join(sorted(list(_OPTIMIZERS) + list(_KERAS_NAMES)))))
-  return _OPTIMIZERS[name](learning_rate)
 
 
 # ----------------------------------------------------------------------------------------
@@ -269,7 +132,7 @@ def make_train_dir(train_dir: str):
     tf.io.gfile.makedirs(train_dir)
   except (tf.errors.OpError, OSError) as e:
     raise utils.InputError("cannot create --train_dir=%s: %s" % (train_dir,
-                                                                readers.error_message(e)))
+                                                                record_errors.error_message(e)))
 
 
 # What a save killed half-way leaves in train_dir (TensorFlow writes the data under
@@ -299,21 +162,16 @@ class Trainer:
   def __init__(self, config: models.ModelConfig, options: TrainOptions,
                strategy: tf.distribute.Strategy):
     self.config, self.options, self.strategy = config, options, strategy
-    self.chief = is_chief(strategy)
+    self.chief = distribution.is_chief(strategy)
     self.replicas = strategy.num_replicas_in_sync
     self.global_batch = options.batch_size * self.replicas
-    self.reader = config.reader()
-    self.loss = losses.get_loss(options.label_loss, options.alpha)
+    self.reader = readers.reader_for(config)
     self.stop_requested = False
     # Non-chief workers must take part in saving; they write to a scratch directory.
     self.checkpoint_dir = options.train_dir if self.chief else tempfile.mkdtemp(
         prefix="willow-worker-")
-    with strategy.scope():
-      self.model = models.build_model(config)
-      schedule = ExampleStaircaseDecay(options.base_learning_rate, options.learning_rate_decay,
-                                       options.learning_rate_decay_examples, self.global_batch)
-      self.optimizer = make_optimizer(options.optimizer, schedule)
-      self.optimizer.build(self.model.trainable_variables)
+    self.train_step = TrainStep(config, options, strategy)
+    self.model, self.optimizer = self.train_step.model, self.train_step.optimizer
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self.checkpoint_dir, max_to_keep=options.keep_checkpoints or None,
@@ -323,39 +181,10 @@ class Trainer:
     self.writer = (tf.summary.create_file_writer(options.train_dir) if self.chief
                    else tf.summary.create_noop_writer())
     self._calibration_batches = None  # built at the first save
-    self._set_compute_dtype()
-    self._compile_train_step()
-
-  def _set_compute_dtype(self):
-    """--mixed_precision=bf16 computes in bfloat16 (weights are cast at use, variables, the
-    loss, gradients and batch-norm statistics stay float32). fp16 would need loss scaling
-    and brings nothing on CPUs: not offered."""
-    dtypes = {"none": tf.float32, "bf16": tf.bfloat16}
-    if self.options.mixed_precision not in dtypes:
-      raise utils.InputError("--mixed_precision must be none or bf16, got %r"
-                             % self.options.mixed_precision)
-    self.model.compute_dtype = dtypes[self.options.mixed_precision]
-
-  def _compile_train_step(self):
-    """Compiles the forward and backward pass with XLA when --jit_compile asks for it (auto:
-    on one replica without --seed). XLA fuses the step's element-wise work, transposes and
-    batch-norm statistics into few kernels (the Gated NetVLAD step runs in ~0.6-0.7 of the
-    time), but it ignores the op seeds of the frame samplers, so a seeded run would not
-    repeat, and it is not used across replicas. The clip and the optimizer's update stay
-    outside XLA: there FusedAdam is one fused kernel a tensor, ~0.4 s less a NetVLAD step than
-    XLA's compiled update (BENCHMARKS.md)."""
-    mode = utils.jit_compile_mode(self.options.jit_compile)
-    use_xla = mode == "true" or (mode == "auto" and self.replicas == 1
-                                 and self.options.seed is None)
-    if use_xla:
-      self._loss_and_gradients = tf.function(self._loss_and_gradients.python_function,
-                                             jit_compile=True, autograph=False)
-    logging.info("forward and backward pass %s XLA (--jit_compile=%s)",
-                 "with" if use_xla else "without", mode)
 
   @property
   def step(self) -> int:
-    return int(self.optimizer.iterations.numpy())
+    return self.train_step.step
 
   # -- data ------------------------------------------------------------------------------
 
@@ -385,83 +214,6 @@ class Trainer:
     seed = None if self.options.seed is None else self.options.seed + 1
     return self._dataset(num_epochs=None, seed=seed)
 
-  # -- step ------------------------------------------------------------------------------
-
-  @tf.function(autograph=False)
-  def _loss_and_gradients(self, video_matrix, num_frames, labels, divisor):
-    """Gradients of (sum of label losses + its share of the penalty) / divisor, with that sum
-    of label losses and the predictions."""
-    variables = self.model.trainable_variables
-    size = tf.cast(tf.shape(labels)[0], tf.float32)
-    with tf.GradientTape() as tape:
-      predictions = self.model(video_matrix, num_frames, training=True)["predictions"]
-      label_sum = tf.cast(self.loss.calculate_loss(predictions, labels), tf.float32) * size
-      total = label_sum + self.options.regularization_penalty * (
-          self.model.regularization_loss() * size)
-      objective = total / divisor
-    gradients = tape.gradient(objective, variables,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return [tf.convert_to_tensor(g) for g in gradients], label_sum, predictions
-
-  def _replica_step(self, batch, requests):
-    """One replica's share of a step; returns its outputs and the agreed requests.
-
-    The gradient is that of the global batch's mean loss plus the penalty, however the
-    examples are spread over replicas: each replica differentiates its sum of losses (plus
-    its share of the penalty), the sums are added over all replicas and divided by the
-    global number of examples (on one replica, the division is part of the differentiated
-    loss). When a worker runs out of data before the others, tf.distribute feeds its replicas
-    empty batches until every worker has: those contribute nothing (no forward pass, so no
-    NaN batch statistics).
-    """
-    variables = self.model.trainable_variables
-    penalty = self.options.regularization_penalty
-    size = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
-    divisor = tf.maximum(size, 1.0) if self.replicas == 1 else tf.constant(1.0)
-
-    def nothing():
-      predictions = tf.zeros([0, self.config.num_classes], self.model.output_dtype)
-      return [tf.zeros_like(v) for v in variables], tf.constant(0.0), predictions
-
-    gradients, label_sum, predictions = tf.cond(
-        size > 0, lambda: self._loss_and_gradients(batch["video_matrix"], batch["num_frames"],
-                                                   batch["labels"], divisor), nothing)
-    reg_loss = self.model.regularization_loss()
-    if self.replicas > 1:
-      # One all-reduce carries the gradients, the loss, the example count and the
-      # save/stop requests of every worker (each replica's own copy of its worker's
-      # requests: a tensor shared by the replicas would not be reduced).
-      requests = tf.identity(requests)
-      gradients, label_sum, size, requests = tf.distribute.get_replica_context().all_reduce(
-          tf.distribute.ReduceOp.SUM, (gradients, label_sum, size, requests))
-      gradients = [g / tf.maximum(size, 1.0) for g in gradients]
-    size = tf.maximum(size, 1.0)
-    # The clip applies to the gradient of the global batch, as on one device.
-    if self.options.clip_gradient_norm > 0:
-      gradients = [clip_by_norm(g, self.options.clip_gradient_norm) for g in gradients]
-    if self.replicas > 1:
-      # Keras sums gradients over replicas once more inside apply_gradients.
-      gradients = [g / self.replicas for g in gradients]
-    self.optimizer.apply_gradients(zip(gradients, variables))
-    label_loss = label_sum / size
-    return dict(label_loss=label_loss, reg_loss=reg_loss,
-                total_loss=label_loss + penalty * reg_loss, predictions=predictions,
-                labels=batch["labels"], requests=requests)
-
-  @tf.function(autograph=False)
-  def train_step(self, batch, requests=(0, 0)):
-    """One step; `requests` = this worker's (save, stop) wishes as 0/1. Returns the losses
-    (global means), this worker's predictions and labels, and the requests summed over all
-    workers, so that every worker saves and stops at the same step (saving reads
-    batch-norm statistics with a collective op: all workers must take part)."""
-    requests = tf.cast(requests, tf.float32)
-    outputs = self.strategy.run(self._replica_step, args=(batch, requests))
-    first = lambda v: self.strategy.experimental_local_results(v)[0]
-    gather = lambda v: tf.concat(self.strategy.experimental_local_results(v), axis=0)
-    return dict(label_loss=first(outputs["label_loss"]), reg_loss=first(outputs["reg_loss"]),
-                total_loss=first(outputs["total_loss"]), requests=first(outputs["requests"]),
-                predictions=gather(outputs["predictions"]), labels=gather(outputs["labels"]))
-
   # -- checkpoints -----------------------------------------------------------------------
 
   def restore_or_initialize(self):
@@ -469,17 +221,16 @@ class Trainer:
     # own scratch directory, which starts empty.
     if self.chief:
       remove_interrupted_saves(self.options.train_dir)
-    latest = tf.train.latest_checkpoint(self.options.train_dir)
-    if latest:
-      latest = self._restore_newest_readable(latest)
+    found = checkpoints.list_checkpoints(self.options.train_dir)
+    if found:
+      latest = self._restore_newest_readable(found)
       logging.info("resumed from %s (step %d, learning rate %g)", latest, self.step,
                    float(self.optimizer.learning_rate))
     elif self.options.init_from_checkpoint:
-      import checkpoint_import  # only needed for this path
-      checkpoint_import.initialize_from(self.model, self.options.init_from_checkpoint)
+      checkpoints.initialize_from(self.model, self.options.init_from_checkpoint)
     else:
       logging.info("starting from scratch")
-    if num_workers(self.strategy) > 1:
+    if distribution.num_workers(self.strategy) > 1:
       self._check_all_workers_are_at_the_same_step()
 
   def _check_all_workers_are_at_the_same_step(self):
@@ -494,18 +245,16 @@ class Trainer:
           "read the chief's checkpoints in --train_dir=%s (use storage all of them see)"
           % (self.step, self.options.train_dir))
 
-  def _restore_newest_readable(self, latest: str) -> str:
-    """Restores `latest` or, if it cannot be read back (damaged after it was written: our
-    saves are never left half-written), the newest earlier checkpoint that can be."""
-    state = tf.train.get_checkpoint_state(self.options.train_dir)
-    older = [p for p in reversed(list(state.all_model_checkpoint_paths)) if p != latest]
-    for path in [latest] + older:
+  def _restore_newest_readable(self, newest_first) -> str:
+    """Restores the newest checkpoint or, if it cannot be read back (damaged after it was
+    written: our saves are never left half-written), the newest earlier one that can be."""
+    for path in newest_first:
       try:
         self.checkpoint.restore(path).assert_existing_objects_matched()
         return path
       except (tf.errors.OpError, AssertionError, ValueError) as e:
         logging.warning("cannot resume from %s (%s); trying the checkpoint before it", path,
-                        readers.error_message(e).split(". ")[0])
+                        record_errors.error_message(e).split(". ")[0])
     raise utils.InputError("no checkpoint in --train_dir=%s can be read back; start over with "
                            "--start_new_model" % self.options.train_dir)
 
@@ -523,8 +272,8 @@ class Trainer:
     except (tf.errors.OpError, OSError) as e:
       raise utils.InputError(
           "cannot save the checkpoint of step %d in %s: %s; the latest complete checkpoint is "
-          "%s" % (self.step, self.checkpoint_dir, readers.error_message(e),
-                  tf.train.latest_checkpoint(self.checkpoint_dir)))
+          "%s" % (self.step, self.checkpoint_dir, record_errors.error_message(e),
+                  checkpoints.find_checkpoint(self.checkpoint_dir)))
     logging.info("saved %s (%s%s)", path if self.chief else "worker checkpoint", reason,
                  ", batch-norm statistics over %d batches in %.1f s" % (used, calibration_seconds)
                  if used else "")
@@ -544,12 +293,11 @@ class Trainer:
                                                            self.options.train_dir))
 
   def export(self):
-    import export_model  # only needed for exports
     # Every worker exports, as every worker saves (reading the batch-norm statistics is a
     # collective op under MultiWorkerMirroredStrategy); only the chief's copy is kept.
     root = self.options.train_dir if self.chief else self.checkpoint_dir
     export_dir = os.path.join(root, "export", "step_%d" % self.step)
-    export_model.export_saved_model(self.model, self.config, export_dir)
+    saved_model.export_saved_model(self.model, self.reader, export_dir)
     if self.chief:
       logging.info("exported SavedModel to %s", export_dir)
 
@@ -589,12 +337,8 @@ class Trainer:
     return time.time() - last_save_time >= o.save_checkpoint_secs
 
   def run(self):
-    o = self.options
     logging.info("model %s: {:,} trainable parameters".format(
         self.model.num_trainable_parameters), self.config.model)
-    if self.chief:
-      tf.io.gfile.makedirs(o.train_dir)
-      script_flags.save_config(o.train_dir, self.config)
     try:
       self._restore_and_train()
     finally:

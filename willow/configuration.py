@@ -1,0 +1,125 @@
+"""The model configuration saved beside the checkpoints, and the rules that reconcile it with
+the configuration the flags request.
+
+train.py saves the ModelConfig it trains as <train_dir>/model_config.json; eval.py,
+inference.py and export_model.py rebuild exactly that model from it (the original re-imported
+its training graph, so the model flags given to its inference.py did not matter; they do not
+here either). A train_dir written by the original TF1 code has no saved configuration: the
+flags' configuration is used.
+"""
+import json
+import os
+from typing import Optional, Sequence
+
+import tensorflow as tf
+from absl import logging
+
+import utils
+from willow import checkpoints
+from willow import fileio
+from willow import models
+
+CONFIG_FILE = "model_config.json"
+
+# Model flags that describe the data rather than the architecture: a trained model reads only
+# the features (and vocabulary) it was trained on.
+DATA_FIELDS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
+
+
+def saved_config_path(train_dir: str) -> str:
+  return os.path.join(train_dir, CONFIG_FILE)
+
+
+def load_saved_config(train_dir: str) -> Optional[models.ModelConfig]:
+  """The configuration saved in train_dir, or None; a damaged file is an error naming it."""
+  path = saved_config_path(train_dir)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      config = models.ModelConfig.from_json(f.read())
+  except (ValueError, TypeError, AttributeError) as e:
+    raise utils.InputError("%s: unreadable model configuration (%s)" % (path, e))
+  try:
+    models.get_model_class(config.model)
+  except utils.InputError as e:
+    raise utils.InputError("%s: %s" % (path, e))
+  return config
+
+
+def save_config(train_dir: str, config: models.ModelConfig):
+  fileio.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
+
+
+def reconcile_config(saved: models.ModelConfig, requested: models.ModelConfig,
+                     explicit: Sequence[str], train_dir: str) -> models.ModelConfig:
+  """The saved configuration wins; explicit flags that disagree get one warning line, except
+  flags describing the data (DATA_FIELDS), for which a disagreement cannot work: an error."""
+  contradicting = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
+                                             _flag_text(getattr(saved, name)))
+                   for name in explicit
+                   if name in DATA_FIELDS and getattr(saved, name) != getattr(requested, name)]
+  if contradicting:
+    raise utils.InputError(
+        "%s contradicts the model configuration saved in %s: a trained model reads only the "
+        "data it was trained on; drop the flag or use another --train_dir"
+        % (", ".join(contradicting), train_dir))
+  differing = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
+                                         _flag_text(getattr(saved, name)))
+               for name in explicit if getattr(saved, name) != getattr(requested, name)]
+  if differing:
+    logging.warning("using the model configuration saved in %s; ignoring %s", train_dir,
+                    ", ".join(differing))
+  return saved
+
+
+def _flag_text(value):
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value)
+  return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def config_to_restore(train_dir: str, requested: models.ModelConfig,
+                      explicit: Sequence[str]) -> models.ModelConfig:
+  """eval/inference/export: the configuration saved in train_dir if there is one, else the
+  flags'."""
+  saved = load_saved_config(train_dir)
+  if saved is None:
+    return requested
+  return reconcile_config(saved, requested, explicit, train_dir)
+
+
+def load_trained_model(train_dir: str, check_point: int, requested: models.ModelConfig,
+                       explicit: Sequence[str], precision: str = "float64"):
+  """(model, config, checkpoint path) for eval/inference/export: the checkpoint of train_dir
+  (the latest when check_point < 0), the model of the configuration saved beside it, computing
+  in `precision` (see --inference_precision); errors name train_dir or the checkpoint."""
+  checkpoints.precision_dtype(precision)  # a bad precision fails before the checkpoint search
+  path = checkpoints.require_checkpoint(train_dir, check_point)
+  config = config_to_restore(train_dir, requested, explicit)
+  return checkpoints.restore_model(config, path, precision), config, path
+
+
+def config_to_train(train_dir: str, requested: models.ModelConfig, explicit: Sequence[str],
+                    start_new_model: bool = False) -> models.ModelConfig:
+  """train: the configuration to train, the saved one when resuming, else the flags'."""
+  saved = None if start_new_model else load_saved_config(train_dir)
+  if saved is None:
+    return requested
+  return reconcile_config(saved, requested, explicit, train_dir)
+
+
+def warn_if_trained_differently(location: str, config: models.ModelConfig):
+  """--init_from_checkpoint from one of our train_dirs: settings that change no shape (e.g.
+  --gating_remove_diag) cannot be checked on the variables, so compare the configuration saved
+  beside that checkpoint with the one to train."""
+  path = checkpoints.find_checkpoint(location)
+  saved = load_saved_config(os.path.dirname(path)) if path else None
+  if saved is None:
+    return
+  differing = ["%s=%s (saved: %s)" % (name, getattr(config, name), getattr(saved, name))
+               for name in models.CONFIG_FIELDS
+               if getattr(config, name) != getattr(saved, name)]
+  if differing:
+    logging.warning("%s was trained with other model settings than the flags give: %s",
+                    os.path.dirname(path), ", ".join(differing))
