@@ -376,6 +376,7 @@ def test_our_train_dir_trained_with_other_settings_warns(tmp_path, caplog):
   (tmp_path / configuration.CONFIG_FILE).write_text(config.to_json())
   model = models.build_model(config.replace(gating_remove_diag=True))
   with caplog.at_level(logging.WARNING):
+    configuration.warn_if_trained_differently(str(tmp_path), model.config)
     checkpoints.initialize_from(model, str(tmp_path))
   assert "gating_remove_diag=True (saved: False)" in caplog.text
 

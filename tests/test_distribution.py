@@ -150,7 +150,7 @@ def test_a_non_chief_resumes_from_the_chiefs_checkpoint_and_writes_only_scratch(
       save_checkpoint_steps=1)
   training.Trainer(config, options(2), tf.distribute.get_strategy()).run()
   before = sorted(os.listdir(train_dir))
-  monkeypatch.setattr(training, "is_chief", lambda strategy: False)
+  monkeypatch.setattr(distribution, "is_chief", lambda strategy: False)
   worker = training.Trainer(config, options(4), tf.distribute.get_strategy())
   scratch = worker.checkpoint_dir
   assert scratch != train_dir and os.path.isdir(scratch)
