@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import configurations
+from willow import readme_configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKDOWN = sorted([os.path.join(ROOT, "README.md"), os.path.join(ROOT, "BENCHMARKS.md")]
@@ -33,12 +33,12 @@ def test_no_reference_to_material_users_do_not_get(path):
 
 
 def test_readme_shows_the_original_command_lines():
-  """Each configuration's training and inference line, as configurations.py (and the tests
+  """Each configuration's training and inference line, as readme_configs.py (and the tests
   that run them) has it; configuration 3's inference reads the directory its training wrote."""
   readme = read(os.path.join(ROOT, "README.md"))
-  for willow in configurations.WILLOW_CONFIGS:
+  for willow in readme_configs.WILLOW_CONFIGS:
     inference = willow.inference_command.replace(
-        "--train_dir=%s " % configurations.flag_value(willow.inference_args, "train_dir"),
+        "--train_dir=%s " % readme_configs.flag_value(willow.inference_args, "train_dir"),
         "--train_dir=%s " % willow.train_dir)
     for line in (willow.train_command, inference):
       assert line.replace("{features}", "$path_to_features") in readme, line[:80]
