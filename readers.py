@@ -498,7 +498,10 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
   # Reproducible order whenever asked for (eval, inference, or a seeded training run).
   deterministic = (not shuffle) or seed is not None
 
-  file_names = tf.data.Dataset.from_tensor_slices(files)
+  # Each file travels with its size (known now: a tf.py_function asking for it in the pipeline
+  # could deadlock with a main thread that destroys the iterator while holding the GIL).
+  file_names = tf.data.Dataset.from_tensor_slices(
+      (files, tf.constant(_file_sizes(files), tf.int64)))
   if shuffle and shard_by_file:
     file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   skipped = _SkippedRecords(files, num_epochs) if skip_corrupt_records else None
@@ -534,8 +537,8 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
 _WHOLE_FILE = 1 << 40
 
 
-def _records_with_source(file_name):
-  """(serialized record, file name) pairs of one TFRecord file.
+def _records_with_source(file_name, file_size):
+  """(serialized record, file name) pairs of one TFRecord file of file_size bytes.
 
   TensorFlow takes a file that ends inside a record's 12-byte header for a clean end of file,
   which would silently drop the rest of a truncated file: the bytes read are counted and,
@@ -544,8 +547,7 @@ def _records_with_source(file_name):
   """
   batches = tf.data.TFRecordDataset(file_name).batch(_COUNTED_RECORDS).map(
       _plain(lambda records: (records, False, tf.constant(0, tf.int64))))
-  end = tf.data.Dataset.from_tensors(file_name).map(_plain(
-      lambda name: (tf.zeros([0], tf.string), True, tf.py_function(_file_size, [name], tf.int64))))
+  end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True, file_size))
 
   def check_at_end(state, element):
     bytes_read, count = state
@@ -570,8 +572,11 @@ def _records_with_source(file_name):
 _COUNTED_RECORDS = 16
 
 
-def _file_size(name) -> int:
-  return tf.io.gfile.stat(name.numpy().decode("utf-8")).length
+def _file_sizes(files: List[str]) -> List[int]:
+  try:
+    return [tf.io.gfile.stat(path).length for path in files]
+  except tf.errors.OpError as e:
+    raise utils.InputError("cannot read %s" % record_errors.error_message(e))
 
 
 class _SkippedRecords:
@@ -589,7 +594,7 @@ class _SkippedRecords:
     self.records_decoded = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.bytes_read = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, 0)
 
-  def records_of_file(self, file_name):
+  def records_of_file(self, file_name, unused_file_size):
     """(record, file name) pairs of one file, ending quietly at its first unreadable record."""
     def count_bytes(record):
       key = file_name[tf.newaxis]
