@@ -57,10 +57,7 @@ def main(unused_argv):
       script_flags.explicit_model_flags(), FLAGS.start_new_model)
   if FLAGS.init_from_checkpoint and not checkpoints.list_checkpoints(FLAGS.train_dir):
     configuration.warn_if_trained_differently(FLAGS.init_from_checkpoint, config)
-  trainer = training.Trainer(config, train_options_from_flags(), strategy)
-  if is_chief:
-    configuration.save_config(FLAGS.train_dir, config)
-  trainer.run()
+  training.Trainer(config, train_options_from_flags(), strategy).run()
 
 
 if __name__ == "__main__":

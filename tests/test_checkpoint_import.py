@@ -373,7 +373,7 @@ def test_our_train_dir_trained_with_other_settings_warns(tmp_path, caplog):
   """A setting that changes no shape cannot be checked on the variables."""
   config = scaled_config("netvlad")
   save_our_train_dir(str(tmp_path), config)
-  (tmp_path / configuration.CONFIG_FILE).write_text(config.to_json())
+  (tmp_path / checkpoints.CONFIG_FILE).write_text(config.to_json())
   model = models.build_model(config.replace(gating_remove_diag=True))
   with caplog.at_level(logging.WARNING):
     configuration.warn_if_trained_differently(str(tmp_path), model.config)

@@ -6,6 +6,7 @@ import sys
 import pytest
 from absl import flags
 
+from willow import checkpoints
 from willow import configuration
 from willow import models
 from willow import readme_configs
@@ -90,9 +91,9 @@ def test_model_config_from_flags_and_reconcile(caplog):
 def test_saved_config_round_trip(tmp_path):
   config = models.ModelConfig(model="GruModel", feature_names=("rgb", "audio"),
                               feature_sizes=(1024, 128), gru_cells=12)
-  configuration.save_config(str(tmp_path), config)
-  assert configuration.load_saved_config(str(tmp_path)) == config
-  assert configuration.load_saved_config(str(tmp_path / "missing")) is None
+  checkpoints.save_config(str(tmp_path), config)
+  assert checkpoints.load_saved_config(str(tmp_path)) == config
+  assert checkpoints.load_saved_config(str(tmp_path / "missing")) is None
 
 
 def test_flags_doc_documents_every_flag():

@@ -1,4 +1,5 @@
-"""The checkpoints of a train_dir: finding them, and rebuilding the trained model from one.
+"""The checkpoints of a train_dir and the model configuration saved beside them: finding
+them, reading and writing model_config.json, and rebuilding the trained model from a checkpoint.
 
 eval.py, inference.py and export_model.py rebuild the model from the configuration that
 train.py saved beside its checkpoints (willow/configuration.py decides which configuration
@@ -14,10 +15,13 @@ from absl import logging
 
 from utils import InputError
 from willow import checkpoint_import
+from willow import fileio
 from willow import model_blocks
 from willow import models
 
 CHECKPOINT_PREFIX = "model.ckpt"
+# The ModelConfig of the model a train_dir's checkpoints hold, beside them.
+CONFIG_FILE = "model_config.json"
 PRECISIONS = {"float64": tf.float64, "float32": tf.float32}
 
 
@@ -90,6 +94,32 @@ def require_checkpoint(location: str, step: int = -1) -> str:
   if path is None:
     raise InputError("train_dir %s holds no checkpoint" % location)
   return path
+
+
+
+def saved_config_path(train_dir: str) -> str:
+  return os.path.join(train_dir, CONFIG_FILE)
+
+
+def load_saved_config(train_dir: str) -> Optional[models.ModelConfig]:
+  """The configuration saved in train_dir, or None; a damaged file is an error naming it."""
+  path = saved_config_path(train_dir)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      config = models.ModelConfig.from_json(f.read())
+  except (ValueError, TypeError, AttributeError) as e:
+    raise InputError("%s: unreadable model configuration (%s)" % (path, e))
+  try:
+    models.get_model_class(config.model)
+  except InputError as e:
+    raise InputError("%s: %s" % (path, e))
+  return config
+
+
+def save_config(train_dir: str, config: models.ModelConfig):
+  fileio.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
 
 
 def restore_weights(model: models.BaseModel, path: str):

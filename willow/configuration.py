@@ -1,54 +1,26 @@
-"""The model configuration saved beside the checkpoints, and the rules that reconcile it with
-the configuration the flags request.
+"""The rules that reconcile the model configuration saved beside the checkpoints with the
+configuration the flags request.
 
-train.py saves the ModelConfig it trains as <train_dir>/model_config.json; eval.py,
-inference.py and export_model.py rebuild exactly that model from it (the original re-imported
+The training loop saves the ModelConfig it trains as <train_dir>/model_config.json with its
+first checkpoint (willow/checkpoints.py reads and writes the file); eval.py, inference.py and
+export_model.py rebuild exactly that model from it (the original re-imported
 its training graph, so the model flags given to its inference.py did not matter; they do not
 here either). A train_dir written by the original TF1 code has no saved configuration: the
 flags' configuration is used.
 """
 import json
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
-import tensorflow as tf
 from absl import logging
 
 import utils
 from willow import checkpoints
-from willow import fileio
 from willow import models
-
-CONFIG_FILE = "model_config.json"
 
 # Model flags that describe the data rather than the architecture: a trained model reads only
 # the features (and vocabulary) it was trained on.
 DATA_FIELDS = ("frame_features", "feature_names", "feature_sizes", "num_classes")
-
-
-def saved_config_path(train_dir: str) -> str:
-  return os.path.join(train_dir, CONFIG_FILE)
-
-
-def load_saved_config(train_dir: str) -> Optional[models.ModelConfig]:
-  """The configuration saved in train_dir, or None; a damaged file is an error naming it."""
-  path = saved_config_path(train_dir)
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      config = models.ModelConfig.from_json(f.read())
-  except (ValueError, TypeError, AttributeError) as e:
-    raise utils.InputError("%s: unreadable model configuration (%s)" % (path, e))
-  try:
-    models.get_model_class(config.model)
-  except utils.InputError as e:
-    raise utils.InputError("%s: %s" % (path, e))
-  return config
-
-
-def save_config(train_dir: str, config: models.ModelConfig):
-  fileio.atomic_write_text(saved_config_path(train_dir), config.to_json() + "\n")
 
 
 def reconcile_config(saved: models.ModelConfig, requested: models.ModelConfig,
@@ -83,7 +55,7 @@ def config_to_restore(train_dir: str, requested: models.ModelConfig,
                       explicit: Sequence[str]) -> models.ModelConfig:
   """eval/inference/export: the configuration saved in train_dir if there is one, else the
   flags'."""
-  saved = load_saved_config(train_dir)
+  saved = checkpoints.load_saved_config(train_dir)
   if saved is None:
     return requested
   return reconcile_config(saved, requested, explicit, train_dir)
@@ -103,7 +75,7 @@ def load_trained_model(train_dir: str, check_point: int, requested: models.Model
 def config_to_train(train_dir: str, requested: models.ModelConfig, explicit: Sequence[str],
                     start_new_model: bool = False) -> models.ModelConfig:
   """train: the configuration to train, the saved one when resuming, else the flags'."""
-  saved = None if start_new_model else load_saved_config(train_dir)
+  saved = None if start_new_model else checkpoints.load_saved_config(train_dir)
   if saved is None:
     return requested
   return reconcile_config(saved, requested, explicit, train_dir)
@@ -114,7 +86,7 @@ def warn_if_trained_differently(location: str, config: models.ModelConfig):
   --gating_remove_diag) cannot be checked on the variables, so compare the configuration saved
   beside that checkpoint with the one to train."""
   path = checkpoints.find_checkpoint(location)
-  saved = load_saved_config(os.path.dirname(path)) if path else None
+  saved = checkpoints.load_saved_config(os.path.dirname(path)) if path else None
   if saved is None:
     return
   differing = ["%s=%s (saved: %s)" % (name, getattr(config, name), getattr(saved, name))

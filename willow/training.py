@@ -181,6 +181,7 @@ class Trainer:
     self.writer = (tf.summary.create_file_writer(options.train_dir) if self.chief
                    else tf.summary.create_noop_writer())
     self._calibration_batches = None  # built at the first save
+    self._config_saved = False  # model_config.json is written with this run's first save
 
   @property
   def step(self) -> int:
@@ -267,6 +268,11 @@ class Trainer:
                                   self.options.bn_calibration_batches)
     calibration_seconds = time.time() - started
     self._check_weights_are_finite()
+    if self.chief and not self._config_saved:
+      # With the first checkpoint, not before: a run that fails earlier leaves no configuration
+      # that could pass for a trained model's.
+      checkpoints.save_config(self.options.train_dir, self.config)
+      self._config_saved = True
     try:
       path = self.manager.save(checkpoint_number=self.step)
     except (tf.errors.OpError, OSError) as e:
