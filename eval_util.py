@@ -1,4 +1,4 @@
-"""Evaluation metrics of the YouTube-8M challenge, in numpy (SPEC.md section 7).
+"""Evaluation metrics of the YouTube-8M challenge, in numpy (the original's eval_util.py).
 
 Hit@1, PERR (precision at equal recall rate), GAP (global average precision
 over each video's top-k predictions) and per-class AP/MAP, as per-batch

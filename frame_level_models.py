@@ -2,7 +2,7 @@
 
 Each cluster model is a recipe over the shared blocks of model_blocks.py:
 sample frames -> input batch norm -> one pooling layer per feature -> hidden layer ->
-optional context gating -> classifier head (SPEC.md 4.1).
+optional context gating -> classifier head (the original's NetVLADModelLF and siblings).
 
 Features: the first feature of --feature_names (rgb) gets the full cluster count; every
 further feature (audio) gets its own pooling layer with cluster_size // 2 (NetVLAD family,
@@ -53,7 +53,8 @@ def branch_scope(index: int, feature_name: str) -> str:
 
 
 class ClusterModel(BaseModel):
-  """Skeleton shared by every cluster model (SPEC.md 4.1)."""
+  """Skeleton shared by every cluster model (the original's NetVLADModelLF, NetFVModelLF,
+  GatedDbofModelLF, SoftDbofModelLF and DbofModelLF)."""
 
   def __init__(self, config: ModelConfig, cluster_size: int, audio_divisor: int,
                add_batch_norm: bool, make_pooling: Callable, hidden_size: int = None,
@@ -216,7 +217,8 @@ class FrameLevelLogisticModel(BaseModel):
 
 class RecurrentModel(BaseModel):
   """Stacked LSTM or GRU over the frames (no input batch norm, no feature split); the
-  classifier sees the concatenated final states of all layers (SPEC.md 5)."""
+  classifier sees the concatenated final states of all layers (the original's LstmModel and
+  GruModel)."""
 
   def __init__(self, config: ModelConfig, layer_class, units: int, num_layers: int,
                random_sequence: bool, backward: bool):

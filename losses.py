@@ -1,4 +1,4 @@
-"""Losses on predicted probabilities, selectable with --label_loss (SPEC.md 6).
+"""Losses on predicted probabilities, selectable with --label_loss (the original's losses.py).
 
 All take predictions in [0, 1] (the models expose probabilities, not logits) and float labels
 [B, V] and return the mean over the batch of a per-video loss.

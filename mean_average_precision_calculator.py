@@ -3,7 +3,7 @@
 One AveragePrecisionCalculator (no top_n cut-off) per class. Inputs are
 class-major: row c of `predictions` / `actuals` holds the scores and labels
 given to class c (rows may have different lengths). peek_map_at_n() returns the
-per-class APs; the caller averages them (see SPEC.md section 7).
+per-class APs; the caller averages them (the original's eval_util.py divides by all V classes).
 
 Example:
   calculator = MeanAveragePrecisionCalculator(num_class)

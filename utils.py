@@ -38,7 +38,7 @@ def parse_feature_list(feature_names: str, feature_sizes: str) -> Tuple[List[str
 # Tensor helpers used by the readers and the models.
 
 def Dequantize(feat_vector, max_quantized_value=2, min_quantized_value=-2):
-  """Maps uint8 quantization levels back to floats (SPEC.md 1.1, step 3).
+  """Maps uint8 quantization levels back to floats (the original's utils.Dequantize).
 
   x = q * (max - min) / 255 + (max - min) / 512 + min, i.e. q * 4/255 - 1.9921875 with the
   defaults. The half-bucket offset is the original's: level q stands for the centre of its
@@ -61,7 +61,8 @@ def Dequantize(feat_vector, max_quantized_value=2, min_quantized_value=-2):
 
 
 def l2_normalize_frames(x):
-  """Unit L2 norm along the last axis: x / sqrt(max(sum(x^2), 1e-12)) (SPEC.md 1.3).
+  """Unit L2 norm along the last axis: x / sqrt(max(sum(x^2), 1e-12)), as the original's
+  train.py normalized the model input.
 
   All-zero padding frames stay exactly zero.
   """
@@ -69,7 +70,7 @@ def l2_normalize_frames(x):
 
 
 # ----------------------------------------------------------------------------------------------
-# Frame samplers (SPEC.md 4.1): [B, T, D] frames + [B] valid counts -> [B, n, D].
+# Frame samplers (the original's utils.py and frame_level_models.py): [B, T, D] frames + [B] valid counts -> [B, n, D].
 # Every index is clamped into [0, max(num_frames - 1, 0)], so a video with no frames gathers
 # row 0 (a zero padding frame) instead of failing, and float rounding of u * num_frames can
 # never select a padding frame.

@@ -66,7 +66,8 @@ def with_gradients(name, m, k, n, batch=None, transpose_a=False) -> List[Product
 
 
 def training_products(config, batch: int) -> List[Product]:
-  """The matrix products of a NetVLAD / NetFV training step (SPEC.md 4.1 shapes)."""
+  """The matrix products of a NetVLAD / NetFV training step (the shapes of
+  frame_level_models.py's ClusterModel)."""
   import flops
   fv = config.model == "NetFVModelLF"
   sizes = config.feature_sizes

@@ -3,7 +3,7 @@
 The TF1 checkpoints are written here the way the original's train.py wrote them (a v1 Saver
 over variables named as the original named them, with Adam slots and global_step), filled with
 random values; predictions after loading are compared with tf1_reference.py, an independent
-numpy statement of SPEC.md's equations that reads the weights by their original names.
+numpy statement of the original's models that reads the weights by their original names.
 """
 import dataclasses
 import logging
@@ -94,7 +94,7 @@ def random_levels(config, num_frames=NUM_FRAMES, frames=FRAMES, seed=0):
 
 
 def random_videos(config, num_frames=NUM_FRAMES, frames=FRAMES, seed=0):
-  """Dequantized features [B, frames, D] (SPEC.md 1.1) with zero padding after num_frames."""
+  """Dequantized features [B, frames, D] (as the original's readers.py) with zero padding after num_frames."""
   levels = random_levels(config, num_frames, frames, seed)
   raw = (levels * 4.0 / 255 - 1.9921875).astype(np.float32)
   raw[np.arange(frames)[None, :] >= np.asarray(num_frames)[:, None]] = 0.0
@@ -382,7 +382,7 @@ def test_our_train_dir_trained_with_other_settings_warns(tmp_path, caplog):
 
 
 # ----------------------------------------------------------------------------------------
-# One training step from an original checkpoint moves the weights as SPEC.md 3.2 says.
+# One training step from an original checkpoint moves the weights as the original's train.py did.
 
 TINY_TRAINING = {
     # Identity sampling in training mode needs contiguous clips of the whole video.
@@ -417,7 +417,7 @@ def tiny_training_setup(key, tmp_path):
 
 
 def sgd_step_with_project_pieces(model, raw, num_frames, labels):
-  """SPEC.md 3.2 with the project's loss, regularization and per-tensor clipping."""
+  """The original train.py's step with the project's loss, regularization and per-tensor clipping."""
   variables = model.trainable_variables
   loss = losses.get_loss("CrossEntropyLoss", 0.5)
   with tf.GradientTape() as tape:
@@ -498,7 +498,7 @@ def test_full_size_gated_netvlad(tmp_path):
 
 
 def write_frame_records(path, config, levels, num_frames):
-  """Frame-level SequenceExamples (SPEC.md 1.1): context id and labels, one bytes entry per
+  """Frame-level SequenceExamples as the original read them: context id and labels, one bytes entry per
   frame and feature."""
   splits = np.cumsum(config.feature_sizes)[:-1]
   with tf.io.TFRecordWriter(path) as writer:

@@ -2,7 +2,8 @@
 
 Expected values are either worked out by hand (in the comments) or produced
 by the deliberately naive reference implementations below, which loop over
-sorted Python pairs exactly as SPEC.md section 7 describes.
+sorted Python pairs as the original's average_precision_calculator.py and
+eval_util.py compute them.
 """
 
 import heapq

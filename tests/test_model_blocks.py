@@ -1,4 +1,4 @@
-"""Numeric tests of the shared model blocks against numpy references of SPEC.md's equations."""
+"""Numeric tests of the shared model blocks against numpy references of the original's equations."""
 import numpy as np
 import pytest
 import tensorflow as tf

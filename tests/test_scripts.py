@@ -204,7 +204,8 @@ def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
 
 @pytest.mark.parametrize("model", ["MoeModel", "LogisticModel"])
 def test_video_level_models_train_now(model, data_dir, tmp_path):
-  """The original could not train any video-level model (SPEC.md 4.6)."""
+  """The original could not train any video-level model (its train.py never passed
+  is_training to MoeModel, and it had no LogisticModel)."""
   train_dir = str(tmp_path / model)
   result = run_script("train.py", [
       "--train_data_pattern=%s/video_level/train*.tfrecord" % data_dir,

@@ -2,8 +2,8 @@
 
 It speaks the original's language: the variables are a dict keyed by the names the original
 TF1 train.py saved (listed here from the original's source, independently of
-checkpoint_import.py), and the forward pass follows SPEC.md's equations (1.3, 4, 5) on those
-arrays. Nothing here imports the project's model code.
+checkpoint_import.py), and the forward pass restates the original's frame_level_models.py and
+video_level_models.py (l2-normalized input, cluster pooling, MoE, LSTM/GRU) on those arrays. Nothing here imports the project's model code.
 
 Only the original's two-branch layout is covered: the first feature is the "video" branch, the
 second the "audio" branch, as `--feature_names=rgb,audio` gives.
@@ -200,7 +200,7 @@ def calibrate_statistics(c, values, raw, num_frames, seed=1):
 
 
 # ----------------------------------------------------------------------------------------
-# The forward pass (SPEC.md 1.3, 4, 5).
+# The forward pass (the original's frame_level_models.py and video_level_models.py).
 
 def l2n(x, axis=-1):
   return x / np.sqrt(np.maximum(np.sum(x * x, axis=axis, keepdims=True), 1e-12))
@@ -411,7 +411,7 @@ def forward(c, values, raw, num_frames, training=False, dtype=np.float64):
 
 
 def total_loss(c, values, raw, num_frames, labels, alpha=0.5):
-  """SPEC.md 3.2: CrossEntropyLoss (epsilon 1e-5) + moe_l2 * 0.5 * sum(w^2) over the MoE
+  """The original train.py's loss: CrossEntropyLoss (epsilon 1e-5) + moe_l2 * 0.5 * sum(w^2) over the MoE
   gate and expert weights, in training mode; and the batch statistics."""
   p, stats = forward(c, values, raw, num_frames, training=True)
   y = np.asarray(labels, np.float64)
@@ -444,7 +444,7 @@ def numeric_gradients(c, values, raw, num_frames, labels, step=1e-6):
 
 
 def expected_sgd_step(c, values, raw, num_frames, labels, learning_rate, clip_norm=1.0):
-  """The values after one step of SPEC.md 3.2 with plain SGD: each gradient tensor clipped to
+  """The values after one step of the original train.py with plain SGD: each gradient tensor clipped to
   clip_norm on its own, then w -= lr * g; batch-norm statistics m <- 0.999 m + 0.001 batch."""
   gradients = numeric_gradients(c, values, raw, num_frames, labels)
   _, stats = total_loss(c, values, raw, num_frames, labels)

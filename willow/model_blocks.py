@@ -4,7 +4,9 @@ All blocks are `tf.Module`s whose variables are created eagerly in the construct
 shape is known from the configuration), so a model is complete as soon as it is built and
 its checkpoint layout never depends on a first call. Initializers, batch-norm constants and
 the flattening orders are the original's, so weights trained by the original TF1 code give
-the same predictions here (SPEC.md 0, 4, 12.1 item 16).
+the same predictions here (the original's frame_level_models.py and video_level_models.py,
+whose TF1 defaults differ from Keras': batch-norm momentum 0.999, l2 factor 1/2, GRU and
+LSTM gate layouts; docs/architecture.md).
 """
 import contextlib
 import math

@@ -15,7 +15,7 @@ class WillowConfig:
   key: str                 # short name used by the demo and the tests
   title: str
   model: str
-  trainable_parameters: int  # SPEC.md 12.2, at full size
+  trainable_parameters: int  # of the original's graph at full size (V = 4716)
   train_command: str
   inference_command: str
 
