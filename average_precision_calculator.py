@@ -1,7 +1,7 @@
 """Non-interpolated average precision (AP) in numpy.
 
-As the original's average_precision_calculator.py (ap_at_n). For a ranked list of N items with labels y_i
-(an item is positive when y_i > 0) and P positives in total,
+As the original's average_precision_calculator.py (ap_at_n). For a ranked list of N
+items with labels y_i (an item is positive when y_i > 0) and P positives in total,
 
   AP = sum_i [y_i > 0] * (positives among the first i items) / i * (1 / P).
 

@@ -70,7 +70,8 @@ def l2_normalize_frames(x):
 
 
 # ----------------------------------------------------------------------------------------------
-# Frame samplers (the original's utils.py and frame_level_models.py): [B, T, D] frames + [B] valid counts -> [B, n, D].
+# Frame samplers (the original's utils.py and frame_level_models.py):
+# [B, T, D] frames + [B] valid counts -> [B, n, D].
 # Every index is clamped into [0, max(num_frames - 1, 0)], so a video with no frames gathers
 # row 0 (a zero padding frame) instead of failing, and float rounding of u * num_frames can
 # never select a padding frame.

@@ -94,7 +94,8 @@ def random_levels(config, num_frames=NUM_FRAMES, frames=FRAMES, seed=0):
 
 
 def random_videos(config, num_frames=NUM_FRAMES, frames=FRAMES, seed=0):
-  """Dequantized features [B, frames, D] (as the original's readers.py) with zero padding after num_frames."""
+  """Dequantized features [B, frames, D] (as the original's readers.py) with zero padding after
+  num_frames."""
   levels = random_levels(config, num_frames, frames, seed)
   raw = (levels * 4.0 / 255 - 1.9921875).astype(np.float32)
   raw[np.arange(frames)[None, :] >= np.asarray(num_frames)[:, None]] = 0.0
@@ -417,7 +418,8 @@ def tiny_training_setup(key, tmp_path):
 
 
 def sgd_step_with_project_pieces(model, raw, num_frames, labels):
-  """The original train.py's step with the project's loss, regularization and per-tensor clipping."""
+  """The original train.py's step with the project's loss, regularization and per-tensor
+  clipping."""
   variables = model.trainable_variables
   loss = losses.get_loss("CrossEntropyLoss", 0.5)
   with tf.GradientTape() as tape:
@@ -498,8 +500,8 @@ def test_full_size_gated_netvlad(tmp_path):
 
 
 def write_frame_records(path, config, levels, num_frames):
-  """Frame-level SequenceExamples as the original read them: context id and labels, one bytes entry per
-  frame and feature."""
+  """Frame-level SequenceExamples as the original read them: context id and labels, one bytes
+  entry per frame and feature."""
   splits = np.cumsum(config.feature_sizes)[:-1]
   with tf.io.TFRecordWriter(path) as writer:
     for index, (video, count) in enumerate(zip(levels, num_frames)):

@@ -3,7 +3,8 @@
 It speaks the original's language: the variables are a dict keyed by the names the original
 TF1 train.py saved (listed here from the original's source, independently of
 checkpoint_import.py), and the forward pass restates the original's frame_level_models.py and
-video_level_models.py (l2-normalized input, cluster pooling, MoE, LSTM/GRU) on those arrays. Nothing here imports the project's model code.
+video_level_models.py (l2-normalized input, cluster pooling, MoE, LSTM/GRU) on those arrays.
+Nothing here imports the project's model code.
 
 Only the original's two-branch layout is covered: the first feature is the "video" branch, the
 second the "audio" branch, as `--feature_names=rgb,audio` gives.
@@ -411,8 +412,8 @@ def forward(c, values, raw, num_frames, training=False, dtype=np.float64):
 
 
 def total_loss(c, values, raw, num_frames, labels, alpha=0.5):
-  """The original train.py's loss: CrossEntropyLoss (epsilon 1e-5) + moe_l2 * 0.5 * sum(w^2) over the MoE
-  gate and expert weights, in training mode; and the batch statistics."""
+  """The original train.py's loss: CrossEntropyLoss (epsilon 1e-5) + moe_l2 * 0.5 * sum(w^2)
+  over the MoE gate and expert weights, in training mode; and the batch statistics."""
   p, stats = forward(c, values, raw, num_frames, training=True)
   y = np.asarray(labels, np.float64)
   cross_entropy = -2 * (alpha * y * np.log(p + LOSS_EPSILON)
@@ -444,8 +445,9 @@ def numeric_gradients(c, values, raw, num_frames, labels, step=1e-6):
 
 
 def expected_sgd_step(c, values, raw, num_frames, labels, learning_rate, clip_norm=1.0):
-  """The values after one step of the original train.py with plain SGD: each gradient tensor clipped to
-  clip_norm on its own, then w -= lr * g; batch-norm statistics m <- 0.999 m + 0.001 batch."""
+  """The values after one step of the original train.py with plain SGD: each gradient tensor
+  clipped to clip_norm on its own, then w -= lr * g; batch-norm statistics
+  m <- 0.999 m + 0.001 batch."""
   gradients = numeric_gradients(c, values, raw, num_frames, labels)
   _, stats = total_loss(c, values, raw, num_frames, labels)
   updated, clipped = {}, set()
