@@ -99,7 +99,7 @@ def new_checkpoints(train_dir, check_point=-1, run_once=False, interval_secs=60,
 
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
-  script_flags.require_flags(nonempty=["eval_data_pattern"], positive=["batch_size", "top_k"])
+  script_flags.require_flags("eval_data_pattern")
   readers.match_files(FLAGS.eval_data_pattern)
   requested = script_flags.model_config_from_flags()
   explicit = script_flags.explicit_model_flags()
@@ -118,5 +118,4 @@ def main(unused_argv):
 
 
 if __name__ == "__main__":
-  script_flags.define_flags("eval")
-  script_flags.run(main)
+  script_flags.run(main, script_flags.EVAL)

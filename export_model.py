@@ -31,7 +31,4 @@ def main(unused_argv):
 
 
 if __name__ == "__main__":
-  script_flags.define_flags("inference")
-  flags.DEFINE_string("export_dir", "", "Where to write the SavedModel (default: "
-                      "<train_dir>/export/step_<N>).")
-  script_flags.run(main)
+  script_flags.run(main, script_flags.EXPORT)

@@ -160,13 +160,13 @@ def complete_parts(output_file: str):
 
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
-  script_flags.require_flags(nonempty=["output_file"])
+  script_flags.require_flags("output_file")
   if FLAGS.merge_parts:
     parts = complete_parts(FLAGS.output_file)
     merge_parts(FLAGS.output_file, parts)
     logging.info("merged %d parts into %s", len(parts), FLAGS.output_file)
     return
-  script_flags.require_flags(nonempty=["input_data_pattern"], positive=["batch_size", "top_k"])
+  script_flags.require_flags("input_data_pattern")
   readers.match_files(FLAGS.input_data_pattern)
   model, config, path = configuration.load_trained_model(
       FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),
@@ -185,8 +185,4 @@ def main(unused_argv):
 
 
 if __name__ == "__main__":
-  script_flags.define_flags("inference")
-  flags.DEFINE_bool("merge_parts", False,
-                    "Join <output_file>.part-*-of-* (written with --num_tasks) into "
-                    "--output_file and exit.")
-  script_flags.run(main)
+  script_flags.run(main, script_flags.INFERENCE)

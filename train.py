@@ -3,9 +3,12 @@
 A custom TF2 loop under a tf.distribute strategy: the loss, l2 penalty, per-tensor gradient
 clipping, staircase learning-rate decay counted in examples and TF1 Adam epsilon are the
 original's (its train.py). Checkpoints go to --train_dir with the model configuration beside
-them; training resumes from the latest checkpoint unless --start_new_model.
+them; training resumes from the latest checkpoint unless --start_new_model. The flags of the
+run are written to <train_dir>/train_flags.txt (rerun: --flagfile=<train_dir>/train_flags.txt).
+
+  python train.py --train_data_pattern=GLOB --train_dir=DIR --model=NAME [flags]
 """
-import dataclasses
+import os
 
 import willow.tf_env  # noqa: F401  (before TensorFlow loads)
 
@@ -18,10 +21,12 @@ import readers
 from willow import checkpoints
 from willow import configuration
 from willow import distribution
+from willow import fileio
 from willow import script_flags
 from willow import training
 
 FLAGS = flags.FLAGS
+FLAGS_FILE = "train_flags.txt"
 
 
 def start_new_model(train_dir: str):
@@ -31,22 +36,13 @@ def start_new_model(train_dir: str):
     tf.io.gfile.rmtree(train_dir)
 
 
-def train_options_from_flags() -> training.TrainOptions:
-  """Every TrainOptions field comes from the flag of the same name (data_pattern from
-  --train_data_pattern)."""
-  flag_name = {"data_pattern": "train_data_pattern"}
-  return training.TrainOptions(**{
-      field.name: FLAGS[flag_name.get(field.name, field.name)].value
-      for field in dataclasses.fields(training.TrainOptions)})
-
-
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
   tf.debugging.set_log_device_placement(FLAGS.log_device_placement)
   if FLAGS.seed is not None:
     tf.random.set_seed(FLAGS.seed)
     np.random.seed(FLAGS.seed)
-  script_flags.require_flags(nonempty=["train_data_pattern"], positive=["batch_size"])
+  script_flags.require_flags("train_data_pattern")
   readers.match_files(FLAGS.train_data_pattern)  # an empty glob is an error before any work
   strategy = distribution.choose_strategy(FLAGS.distribution_strategy)
   is_chief = distribution.is_chief(strategy)
@@ -57,9 +53,12 @@ def main(unused_argv):
       script_flags.explicit_model_flags(), FLAGS.start_new_model)
   if FLAGS.init_from_checkpoint and not checkpoints.list_checkpoints(FLAGS.train_dir):
     configuration.warn_if_trained_differently(FLAGS.init_from_checkpoint, config)
-  training.Trainer(config, train_options_from_flags(), strategy).run()
+  trainer = training.Trainer(config, script_flags.train_options_from_flags(), strategy)
+  if is_chief:
+    fileio.atomic_write_text(os.path.join(FLAGS.train_dir, FLAGS_FILE),
+                             script_flags.flagfile_text(script_flags.TRAIN, config=config))
+  trainer.run()
 
 
 if __name__ == "__main__":
-  script_flags.define_flags("train")
-  script_flags.run(main)
+  script_flags.run(main, script_flags.TRAIN)

@@ -8,10 +8,13 @@ import tensorflow as tf
 from willow.fileio import InputError
 
 
+JIT_COMPILE_MODES = ("auto", "true", "false")
+
+
 def jit_compile_mode(value) -> str:
   """--jit_compile as "auto", "true" or "false" (train step and inference forward pass)."""
   mode = str(value).lower()
-  if mode not in ("auto", "true", "false"):
+  if mode not in JIT_COMPILE_MODES:
     raise InputError("--jit_compile must be auto, true or false, got %r" % (value,))
   return mode
 

@@ -10,6 +10,7 @@ readers directly. The CSV cases of file_averaging.py are in tests/test_file_aver
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,15 +211,13 @@ def test_scripts_fail_with_one_line_naming_the_file_and_leave_no_output(
 
 
 def call_main(monkeypatch, module, script, argv):
-  """Runs a script's main() in-process on argv (cheaper than a subprocess: the flag checks
-  need no fresh TensorFlow): the module and script_flags read a private FlagValues. The
-  scripts' wrapper turns the InputError raised here into one `error:` line and exit status 1
-  (tests/test_scripts.py runs that end to end)."""
+  """Parses argv and runs a script's main() in-process (cheaper than a subprocess: the flag
+  checks need no fresh TensorFlow): the module and script_flags read a private FlagValues. The
+  scripts' wrapper turns the InputError raised here (by the parser or by main) into one
+  `error:` line and exit status 1 (tests/test_scripts.py runs that end to end)."""
   values = absl_flags.FlagValues()
   script_flags.define_flags(script, values)
-  if script == "inference":
-    absl_flags.DEFINE_bool("merge_parts", False, "", flag_values=values)
-  values([script] + list(argv))
+  script_flags.parse([script] + list(argv), values, script)
   monkeypatch.setattr(module, "FLAGS", values)
   monkeypatch.setattr(script_flags, "FLAGS", values)
   return module.main([script])
@@ -231,18 +230,19 @@ def test_bad_flags_and_patterns(monkeypatch, data_dir, trained_dir, bad_sets, tm
   output = str(tmp_path / "out.csv")
   infer = ["--train_dir=" + trained_dir, "--output_file=" + output, "--input_data_pattern=" + test]
   unknown_saved_model = str(tmp_path / "unknown_saved_model")
-  os.makedirs(unknown_saved_model)
+  shutil.copytree(trained_dir, unknown_saved_model)
   with open(os.path.join(unknown_saved_model, "model_config.json"), "w") as f:
     f.write(models.ModelConfig(model="NoSuchModel").to_json())
   cases = [
       (inference, "inference", infer + ["--batch_size=0"],
-       "--batch_size must be positive, got 0"),
+       "--batch_size=0: 0 is not a positive integer"),
       (eval_script, "eval", ["--train_dir=" + trained_dir, "--eval_data_pattern=" + test,
-                             "--top_k=-1"], "--top_k must be positive, got -1"),
-      (inference, "inference", infer + ["--top_k=0"], "--top_k must be positive, got 0"),
+                             "--top_k=-1"], "--top_k=-1: -1 is not a positive integer"),
+      (inference, "inference", infer + ["--top_k=0"], "--top_k=0: 0 is not a positive integer"),
       (inference, "inference", infer + ["--top_k=%d" % (NUM_CLASSES + 1)],
        "--top_k=%d exceeds the model's %d classes" % (NUM_CLASSES + 1, NUM_CLASSES)),
-      (inference, "inference", infer + ["--model=NoSuchModel"], "unknown model 'NoSuchModel'"),
+      (inference, "inference", infer + ["--model=NoSuchModel"],
+       "--model=NoSuchModel is not one of DbofModel, "),
       (inference, "inference", infer + ["--feature_names=a,b", "--feature_sizes=1"],
        "--feature_names has 2 entries (a,b) but --feature_sizes has 1 (1); they must match"),
       # Flags that contradict the saved model in a way that cannot work: the data flags.
@@ -253,13 +253,13 @@ def test_bad_flags_and_patterns(monkeypatch, data_dir, trained_dir, bad_sets, tm
        "--frame_features=True (saved: False) contradicts the model configuration"),
       (inference, "inference", infer + ["--num_classes=3862"],
        "--num_classes=3862 (saved: %d) contradicts" % NUM_CLASSES),
-      (train_script, "train", ["--train_dir=" + unknown_saved_model,
-                               "--train_data_pattern=" + test],
+      (inference, "inference", ["--train_dir=" + unknown_saved_model, "--output_file=" + output,
+                                "--input_data_pattern=" + test],
        "%s: unknown model 'NoSuchModel'" % os.path.join(unknown_saved_model,
                                                        "model_config.json")),
       (train_script, "train", ["--train_dir=" + str(tmp_path / "t"), "--batch_size=-4",
                                "--train_data_pattern=" + test],
-       "--batch_size must be positive, got -4"),
+       "--batch_size=-4: -4 is not a positive integer"),
       (train_script, "train", ["--train_dir=" + str(tmp_path / "t"),
                                "--train_data_pattern=" + os.path.join(bad_sets["dirs"], "*")],
        "matches only directories"),

@@ -25,20 +25,16 @@ DATA_FIELDS = ("frame_features", "feature_names", "feature_sizes", "num_classes"
 
 def reconcile_config(saved: models.ModelConfig, requested: models.ModelConfig,
                      explicit: Sequence[str], train_dir: str) -> models.ModelConfig:
-  """The saved configuration wins; explicit flags that disagree get one warning line, except
-  flags describing the data (DATA_FIELDS), for which a disagreement cannot work: an error."""
-  contradicting = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
-                                             _flag_text(getattr(saved, name)))
-                   for name in explicit
-                   if name in DATA_FIELDS and getattr(saved, name) != getattr(requested, name)]
+  """eval/inference/export: the saved configuration wins; explicit flags that disagree get one
+  warning line, except flags describing the data (DATA_FIELDS), for which a disagreement
+  cannot work: an error."""
+  contradicting = _differences(saved, requested, [n for n in explicit if n in DATA_FIELDS])
   if contradicting:
     raise utils.InputError(
         "%s contradicts the model configuration saved in %s: a trained model reads only the "
         "data it was trained on; drop the flag or use another --train_dir"
         % (", ".join(contradicting), train_dir))
-  differing = ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
-                                         _flag_text(getattr(saved, name)))
-               for name in explicit if getattr(saved, name) != getattr(requested, name)]
+  differing = _differences(saved, requested, explicit)
   if differing:
     logging.warning("using the model configuration saved in %s; ignoring %s", train_dir,
                     ", ".join(differing))
@@ -74,11 +70,29 @@ def load_trained_model(train_dir: str, check_point: int, requested: models.Model
 
 def config_to_train(train_dir: str, requested: models.ModelConfig, explicit: Sequence[str],
                     start_new_model: bool = False) -> models.ModelConfig:
-  """train: the configuration to train, the saved one when resuming, else the flags'."""
-  saved = None if start_new_model else checkpoints.load_saved_config(train_dir)
-  if saved is None:
+  """train: the configuration saved with train_dir's checkpoints when resuming, else the
+  flags'. A configuration without a checkpoint beside it (a first run that failed) is not a
+  model to resume. An explicit flag that contradicts the saved configuration is an error: the
+  run would otherwise train another model than the command line says."""
+  if start_new_model or not checkpoints.list_checkpoints(train_dir):
     return requested
-  return reconcile_config(saved, requested, explicit, train_dir)
+  saved = checkpoints.load_saved_config(train_dir)
+  if saved is None:  # a train_dir of the original TF1 code: the flags describe it
+    return requested
+  contradicting = _differences(saved, requested, explicit)
+  if contradicting:
+    raise utils.InputError(
+        "%s contradicts the model trained in %s: pass --start_new_model to train a new model "
+        "there, or use another --train_dir" % (", ".join(contradicting), train_dir))
+  return saved
+
+
+def _differences(saved: models.ModelConfig, requested: models.ModelConfig,
+                 names: Sequence[str]):
+  """["--name=requested (saved: value)", ...] for the names whose values differ."""
+  return ["--%s=%s (saved: %s)" % (name, _flag_text(getattr(requested, name)),
+                                   _flag_text(getattr(saved, name)))
+          for name in names if getattr(saved, name) != getattr(requested, name)]
 
 
 def warn_if_trained_differently(location: str, config: models.ModelConfig):

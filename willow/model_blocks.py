@@ -314,6 +314,9 @@ class GatedDBoF(tf.Module):
     return l2n(gates * summed)
 
 
+DBOF_ACTIVATIONS = ("relu", "glu", "none")
+
+
 class DBoF(tf.Module):
   """Deep bag of frames of DbofModelLF: activated (not softmaxed) cluster logits, then
   [l2n(mean_t), l2n(max_t)]. The activation is applied as its flag says (the original
@@ -323,8 +326,9 @@ class DBoF(tf.Module):
   def __init__(self, feature_size: int, cluster_size: int, add_batch_norm: bool,
                activation: str = "relu", name: str = "dbof"):
     super().__init__(name=name)
-    if activation not in ("relu", "glu", "none"):
-      raise ValueError("--dbof_activation must be relu, glu or none, got %r" % activation)
+    if activation not in DBOF_ACTIVATIONS:
+      raise ValueError("--dbof_activation must be one of %s, got %r"
+                       % (", ".join(DBOF_ACTIVATIONS), activation))
     self.activation = activation
     self.output_size = 2 * cluster_size
     logits = 2 * cluster_size if activation == "glu" else cluster_size

@@ -82,12 +82,19 @@ _KERAS_NAMES = {"Adam": "AdamOptimizer", "SGD": "GradientDescentOptimizer",
                 "RMSprop": "RMSPropOptimizer", "Ftrl": "FtrlOptimizer"}
 
 
+OPTIMIZER_NAMES = sorted(list(_OPTIMIZERS) + list(_KERAS_NAMES))
+
+
 def make_optimizer(name: str, learning_rate):
   name = _KERAS_NAMES.get(name, name)
   if name not in _OPTIMIZERS:
     raise utils.InputError("unknown --optimizer %r; valid: %s" % (
-        name, ", ".join(sorted(list(_OPTIMIZERS) + list(_KERAS_NAMES)))))
+        name, ", ".join(OPTIMIZER_NAMES)))
   return _OPTIMIZERS[name](learning_rate)
+
+
+# --mixed_precision: the dtype the model computes in.
+COMPUTE_DTYPES = {"none": tf.float32, "bf16": tf.bfloat16}
 
 
 class TrainStep:
@@ -117,11 +124,10 @@ class TrainStep:
     """--mixed_precision=bf16 computes in bfloat16 (weights are cast at use, variables, the
     loss, gradients and batch-norm statistics stay float32). fp16 would need loss scaling
     and brings nothing on CPUs: not offered."""
-    dtypes = {"none": tf.float32, "bf16": tf.bfloat16}
-    if self.options.mixed_precision not in dtypes:
-      raise utils.InputError("--mixed_precision must be none or bf16, got %r"
-                             % self.options.mixed_precision)
-    self.model.compute_dtype = dtypes[self.options.mixed_precision]
+    if self.options.mixed_precision not in COMPUTE_DTYPES:
+      raise utils.InputError("--mixed_precision must be one of %s, got %r" % (
+          ", ".join(COMPUTE_DTYPES), self.options.mixed_precision))
+    self.model.compute_dtype = COMPUTE_DTYPES[self.options.mixed_precision]
 
   def _compile(self):
     """Compiles the forward and backward pass with XLA when --jit_compile asks for it (auto:
