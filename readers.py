@@ -26,7 +26,7 @@ Throughput: most of the decoding time goes into writing the float32 output (1.4 
 (willow/tf_env.py), reuses those buffers instead of page-faulting fresh ones for every batch.
 """
 import numbers
-from typing import List, Tuple
+from typing import List
 
 import tensorflow as tf
 from absl import logging
@@ -47,31 +47,6 @@ _plain = tf.autograph.experimental.do_not_convert
 
 # ----------------------------------------------------------------------------------------------
 # Argument validation.
-
-
-def _names_and_sizes(feature_names, feature_sizes) -> Tuple[List[str], List[int]]:
-  """Accepts lists (original API) or comma-separated strings (flag values)."""
-  if isinstance(feature_names, str) or isinstance(feature_sizes, str):
-    return utils.parse_feature_list(
-        feature_names if isinstance(feature_names, str) else ",".join(feature_names),
-        feature_sizes if isinstance(feature_sizes, str)
-        else ",".join(str(s) for s in feature_sizes))
-  names, sizes = list(feature_names), list(feature_sizes)
-  if not names:
-    raise utils.InputError("feature_names is empty")
-  if len(names) != len(sizes):
-    raise utils.InputError(
-        "feature_names has %d entries (%s) but feature_sizes has %d (%s); they must match"
-        % (len(names), ",".join(map(str, names)), len(sizes), ",".join(map(str, sizes))))
-  try:
-    sizes = [int(s) for s in sizes]
-  except (TypeError, ValueError):
-    raise utils.InputError("feature_sizes must be integers, got %r" % (feature_sizes,))
-  if any(s <= 0 for s in sizes):
-    raise utils.InputError("feature_sizes must be positive, got %r" % (sizes,))
-  if len(set(names)) != len(names):
-    raise utils.InputError("feature_names has duplicates: %s" % ",".join(names))
-  return names, sizes
 
 
 def _positive_int(value, what: str) -> int:
@@ -215,7 +190,7 @@ class YT8MFrameFeatureReader(BaseReader):
     Raises:
       utils.InputError: inconsistent names/sizes or non-positive numbers.
     """
-    self.feature_names, self.feature_sizes = _names_and_sizes(feature_names, feature_sizes)
+    self.feature_names, self.feature_sizes = utils.parse_feature_list(feature_names, feature_sizes)
     self.num_classes = _positive_int(num_classes, "num_classes")
     self.max_frames = _positive_int(max_frames, "max_frames")
 
@@ -312,7 +287,7 @@ class YT8MAggregatedFeatureReader(BaseReader):
     Raises:
       utils.InputError: inconsistent names/sizes or non-positive numbers.
     """
-    self.feature_names, self.feature_sizes = _names_and_sizes(feature_names, feature_sizes)
+    self.feature_names, self.feature_sizes = utils.parse_feature_list(feature_names, feature_sizes)
     self.num_classes = _positive_int(num_classes, "num_classes")
 
   def prepare_serialized_examples(self, serialized, source=None):

@@ -19,22 +19,33 @@ def jit_compile_mode(value) -> str:
   return mode
 
 
-def parse_feature_list(feature_names: str, feature_sizes: str) -> Tuple[List[str], List[int]]:
-  """Parses the comma-separated --feature_names / --feature_sizes pair, validated."""
-  names = [n.strip() for n in str(feature_names).split(",") if n.strip()]
+def parse_feature_list(feature_names, feature_sizes) -> Tuple[List[str], List[int]]:
+  """The one check of a feature list: names and sizes as the comma-separated flags give them or
+  as sequences (the readers' and ModelConfig's arguments) -> ([name, ...], [size, ...])."""
+  names = _items(feature_names)
   try:
-    sizes = [int(s) for s in str(feature_sizes).split(",") if s.strip()]
-  except ValueError:
-    raise InputError("--feature_sizes must be comma-separated integers, got %r" % feature_sizes)
+    sizes = [int(s) for s in _items(feature_sizes)]
+  except (TypeError, ValueError):
+    raise InputError("--feature_sizes must be comma-separated integers, got %r"
+                     % (feature_sizes,))
   if not names:
     raise InputError("--feature_names is empty")
   if len(names) != len(sizes):
     raise InputError(
         "--feature_names has %d entries (%s) but --feature_sizes has %d (%s); they must match"
-        % (len(names), feature_names, len(sizes), feature_sizes))
+        % (len(names), ",".join(names), len(sizes), ",".join(map(str, sizes))))
   if any(s <= 0 for s in sizes):
-    raise InputError("--feature_sizes must be positive, got %r" % feature_sizes)
+    raise InputError("--feature_sizes must be positive, got %s" % ",".join(map(str, sizes)))
+  if len(set(names)) != len(names):
+    raise InputError("--feature_names has duplicates: %s" % ",".join(names))
   return names, sizes
+
+
+def _items(value) -> List[str]:
+  """"a, b" or ["a", "b"] -> ["a", "b"]."""
+  if isinstance(value, str):
+    return [item.strip() for item in value.split(",") if item.strip()]
+  return [str(item).strip() for item in value]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Dict, Tuple, Type
 
 import tensorflow as tf
 
+import utils
 from utils import InputError
 from willow import model_blocks
 
@@ -67,11 +68,8 @@ class ModelConfig:
   moe_prob_gating_input: str = "prob"
 
   def __post_init__(self):
-    self.feature_names = tuple(self.feature_names)
-    self.feature_sizes = tuple(int(s) for s in self.feature_sizes)
-    if len(self.feature_names) != len(self.feature_sizes):
-      raise InputError("feature_names %s and feature_sizes %s differ in length"
-                       % (list(self.feature_names), list(self.feature_sizes)))
+    names, sizes = utils.parse_feature_list(self.feature_names, self.feature_sizes)
+    self.feature_names, self.feature_sizes = tuple(names), tuple(sizes)
 
   @property
   def input_size(self) -> int:

@@ -271,17 +271,6 @@ def define_flags(script: str, fv=None):
 
 
 def _validate_feature_lists(fv):
-  def check(values):
-    try:
-      utils.parse_feature_list(values["feature_names"], values["feature_sizes"])
-    except utils.InputError as e:
-      raise flags.ValidationError(str(e))
-    return True
-  flags.register_multi_flags_validator(["feature_names", "feature_sizes"], check,
-                                       flag_values=fv)
-
-
-def _validate_feature_lists(fv):
   """--feature_names and --feature_sizes must pair up (one line naming both on error)."""
   def check(values):
     try:
