@@ -71,8 +71,9 @@ class ClusterModel(BaseModel):
       pooled_size = sum(p.output_size for p in self.poolings)
       self.hidden = None
       if hidden_size is not None:
-        self.hidden = blocks.HiddenLayer(pooled_size, hidden_size, 1 / math.sqrt(cluster_size),
-                                         add_batch_norm, relu)
+        self.hidden = blocks.HiddenLayer(pooled_size, hidden_size,
+                                         init_stddev=1 / math.sqrt(cluster_size),
+                                         add_batch_norm=add_batch_norm, relu=relu)
         pooled_size = hidden_size
       self.gate = (blocks.ContextGate(pooled_size, add_batch_norm, remove_diag)
                    if gating else None)
@@ -103,9 +104,10 @@ class NetVLADModelLF(ClusterModel):
     def pooling(index, size, clusters, scope):
       return blocks.NetVLAD(size, clusters, add_bn, variant, name=scope + "_VLAD")
 
-    super().__init__(config, config.netvlad_cluster_size, 2, add_bn, pooling,
-                     config.netvlad_hidden_size, config.netvlad_relu, config.gating,
-                     config.gating_remove_diag)
+    super().__init__(config, cluster_size=config.netvlad_cluster_size, audio_divisor=2,
+                     add_batch_norm=add_bn, make_pooling=pooling,
+                     hidden_size=config.netvlad_hidden_size, relu=config.netvlad_relu,
+                     gating=config.gating, remove_diag=config.gating_remove_diag)
 
 
 @register
@@ -119,8 +121,10 @@ class NetFVModelLF(ClusterModel):
       return blocks.NetFV(size, clusters, add_bn, config.fv_couple_weights,
                           config.fv_coupling_factor, name=scope + "_FV")
 
-    super().__init__(config, config.fv_cluster_size, 2, add_bn, pooling,
-                     config.fv_hidden_size, config.fv_relu, config.gating)
+    super().__init__(config, cluster_size=config.fv_cluster_size, audio_divisor=2,
+                     add_batch_norm=add_bn, make_pooling=pooling,
+                     hidden_size=config.fv_hidden_size, relu=config.fv_relu,
+                     gating=config.gating)
 
 
 def _dbof_hidden_size(config: ModelConfig):
@@ -140,8 +144,9 @@ class GatedDbofModelLF(ClusterModel):
       return blocks.SoftDBoF(size, clusters, add_bn, config.softdbof_maxpool,
                              name=scope + "_DBOF")
 
-    super().__init__(config, config.dbof_cluster_size, 8, add_bn, pooling,
-                     _dbof_hidden_size(config), config.dbof_relu)
+    super().__init__(config, cluster_size=config.dbof_cluster_size, audio_divisor=8,
+                     add_batch_norm=add_bn, make_pooling=pooling,
+                     hidden_size=_dbof_hidden_size(config), relu=config.dbof_relu)
 
 
 @register
@@ -155,8 +160,9 @@ class SoftDbofModelLF(ClusterModel):
       return blocks.SoftDBoF(size, clusters, add_bn, config.softdbof_maxpool,
                              name=scope + "_DBOF")
 
-    super().__init__(config, config.dbof_cluster_size, 8, add_bn, pooling,
-                     _dbof_hidden_size(config), config.dbof_relu)
+    super().__init__(config, cluster_size=config.dbof_cluster_size, audio_divisor=8,
+                     add_batch_norm=add_bn, make_pooling=pooling,
+                     hidden_size=_dbof_hidden_size(config), relu=config.dbof_relu)
 
 
 @register
@@ -170,8 +176,9 @@ class DbofModelLF(ClusterModel):
     def pooling(index, size, clusters, scope):
       return blocks.DBoF(size, clusters, add_bn, config.dbof_activation, name=scope + "_DBOF")
 
-    super().__init__(config, config.dbof_cluster_size, 8, add_bn, pooling,
-                     config.dbof_hidden_size, config.dbof_relu)
+    super().__init__(config, cluster_size=config.dbof_cluster_size, audio_divisor=8,
+                     add_batch_norm=add_bn, make_pooling=pooling,
+                     hidden_size=config.dbof_hidden_size, relu=config.dbof_relu)
 
 
 @register
@@ -187,8 +194,8 @@ class DbofModel(BaseModel):
     with self.name_scope:
       self.input_norm = blocks.BatchNorm(config.input_size, "input_bn") if add_bn else None
       self.clusters = blocks.ClusterAssignment(config.input_size, k, add_bn, softmax=False)
-      self.hidden = blocks.HiddenLayer(k, config.dbof_hidden_size, 1 / math.sqrt(k), add_bn,
-                                       relu=True)
+      self.hidden = blocks.HiddenLayer(k, config.dbof_hidden_size, init_stddev=1 / math.sqrt(k),
+                                       add_batch_norm=add_bn, relu=True)
       self.classifier = self.build_classifier(config.dbof_hidden_size)
 
   def forward(self, model_input, num_frames, training: bool):
@@ -252,8 +259,9 @@ class LstmModel(RecurrentModel):
   """Stacked TF1 basic LSTMs; the classifier gets [c1, h1, c2, h2]."""
 
   def __init__(self, config: ModelConfig):
-    super().__init__(config, blocks.LSTMLayer, config.lstm_cells, config.lstm_layers,
-                     config.lstm_random_sequence, config.lstm_backward)
+    super().__init__(config, layer_class=blocks.LSTMLayer, units=config.lstm_cells,
+                     num_layers=config.lstm_layers,
+                     random_sequence=config.lstm_random_sequence, backward=config.lstm_backward)
 
   def state_size(self, units, num_layers):
     return 2 * units * num_layers
@@ -267,8 +275,9 @@ class GruModel(RecurrentModel):
   """Stacked TF1 GRUs; the classifier gets [h1, h2]."""
 
   def __init__(self, config: ModelConfig):
-    super().__init__(config, blocks.GRULayer, config.gru_cells, config.gru_layers,
-                     config.gru_random_sequence, config.gru_backward)
+    super().__init__(config, layer_class=blocks.GRULayer, units=config.gru_cells,
+                     num_layers=config.gru_layers, random_sequence=config.gru_random_sequence,
+                     backward=config.gru_backward)
 
   def state_size(self, units, num_layers):
     return units * num_layers

@@ -43,15 +43,15 @@ def format_rows(video_ids, classes, scores) -> bytes:
   return b"".join(lines)
 
 
-# XLA's CPU matrix product runs a contraction this long or longer at about half the rate of
-# TensorFlow's own kernel: the hidden layer of the full-size VLAD / FV models (278528 inputs).
+# XLA's CPU matrix product runs a contraction this long or longer slower than TensorFlow's own
+# kernel (BENCHMARKS.md): the hidden layer of the full-size VLAD / FV models (278528 inputs).
 LONG_CONTRACTION = 65536
 
 
 def inference_uses_xla(jit_compile, precision: str, model=None) -> bool:
-  """XLA compiles the forward pass with --jit_compile=true, or auto in float32 (gated DBoF
-  1.7x and LSTM 1.6x faster; BENCHMARKS.md) unless the model has a hidden layer of at least
-  LONG_CONTRACTION inputs (full-size NetVLAD / NetFV / NetRVLAD: 1.1-1.2x faster without).
+  """XLA compiles the forward pass with --jit_compile=true, or auto in float32 (faster for the
+  gated DBoF and the RNNs, BENCHMARKS.md) unless the model has a hidden layer of at least
+  LONG_CONTRACTION inputs (full-size NetVLAD / NetFV / NetRVLAD are faster without).
   Not by default in float64: XLA's kernels differ with the batch shape, which would give up
   scores identical across batch sizes."""
   mode = utils.jit_compile_mode(jit_compile)

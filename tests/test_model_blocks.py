@@ -159,11 +159,11 @@ def test_context_gate(remove_diag):
 def test_hidden_layer_forms():
   rng = np.random.RandomState(2)
   x = rng.randn(3, 6).astype(np.float32)
-  affine = blocks.HiddenLayer(6, 4, 0.5, add_batch_norm=True, relu=False)
+  affine = blocks.HiddenLayer(6, 4, init_stddev=0.5, add_batch_norm=True, relu=False)
   expected = x @ affine.weights.numpy() + affine.norm.bias.numpy()
   np.testing.assert_allclose(affine(tf.constant(x), False).numpy(), expected, rtol=1e-5,
                              atol=1e-6)
-  bn_relu = blocks.HiddenLayer(6, 4, 0.5, add_batch_norm=True, relu=True)
+  bn_relu = blocks.HiddenLayer(6, 4, init_stddev=0.5, add_batch_norm=True, relu=True)
   expected = np.clip(x @ bn_relu.weights.numpy() * BN_SCALE, 0, 6)
   np.testing.assert_allclose(bn_relu(tf.constant(x), False).numpy(), expected, rtol=1e-5,
                              atol=1e-6)
