@@ -5,6 +5,10 @@ writes them as TensorBoard scalars in train_dir. Without --run_once it waits for
 checkpoint (sleeping --eval_interval_secs between checks, where the original busy-looped) and
 restores it into the model built for the first one (the original rebuilt its graph each time).
 The model runs in inference mode: moving batch-norm statistics, deterministic frame sampling.
+
+With --predictions_csv=P.csv it scores a predictions CSV instead (inference.py's or
+file_averaging.py's): GAP@top_k, MAP and hit@1 against the labels of --eval_data_pattern's
+records, of which only the ids and labels are read (no model, no feature flags).
 """
 import os
 
@@ -21,7 +25,9 @@ from absl import logging
 
 import checkpoint_utils
 import eval_util
+import file_averaging
 import losses
+import prediction_metrics
 import readers
 import script_flags
 import utils
@@ -101,9 +107,29 @@ def new_checkpoints(train_dir, check_point=-1, run_once=False, interval_secs=60,
     sleep(interval_secs)
 
 
+def score_predictions_csv(path, data_pattern, num_classes, top_k):
+  """Prints GAP@top_k, MAP and hit@1 of a predictions CSV against the labels in the records
+  of data_pattern (only their ids and labels are read); returns them."""
+  labels = readers.read_video_labels(data_pattern, num_classes)
+  predictions = file_averaging.parse_prediction_file(path, num_classes)
+  results = prediction_metrics.score_predictions(predictions, labels, num_classes, top_k,
+                                                 data_pattern)
+  print("GAP@%d: %.4f | MAP: %.4f | hit@1: %.4f | %d videos (%s against %s)" % (
+      top_k, results["gap"], results["map"], results["hit_at_one"], results["num_videos"],
+      path, data_pattern))
+  if results["num_unpredicted"]:
+    print("%d labelled videos have no predictions in %s: counted as misses"
+          % (results["num_unpredicted"], path))
+  return results
+
+
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
   script_flags.require_flags(nonempty=["eval_data_pattern"], positive=["batch_size", "top_k"])
+  if FLAGS.predictions_csv:
+    score_predictions_csv(FLAGS.predictions_csv, FLAGS.eval_data_pattern, FLAGS.num_classes,
+                          FLAGS.top_k)
+    return
   readers.match_files(FLAGS.eval_data_pattern)
   requested = script_flags.model_config_from_flags()
   explicit = script_flags.explicit_model_flags()

@@ -182,6 +182,9 @@ def define_flags(script: str, fv=None):
   define_bool("run_once", False, "eval: evaluate one checkpoint and exit.")
   define_integer("eval_interval_secs", 60, "eval: seconds between checks for a new "
                        "checkpoint.")
+  define_string("predictions_csv", "",
+                "eval: score this predictions CSV (inference.py's or file_averaging.py's) "
+                "against the labels of --eval_data_pattern instead of a checkpoint.")
   # inference.py.
   define_string("input_data_pattern", "", "Glob of the TFRecords to predict.")
   define_string("output_file", "", "CSV to write.")
