@@ -216,17 +216,17 @@ def load_labels(data_pattern: str, labels_csv: str, num_classes: int):
 
 
 def report_lines(report: Dict) -> List[str]:
+  names = [row["name"] + (" " + format_weights(row["weights"]) if row["name"].endswith(
+      "weights") and row["name"] != "equal weights" else "") for row in report["rows"]]
+  width = max(len(name) for name in names)
   lines = ["%d videos (%d to fit the weights on, %d held out), labels from %s; GAP@%d:"
            % (report["num_videos"], report["fit_videos"], report["heldout_videos"],
               report["labels"], report["top_k"]),
-           "%-50s %8s %9s %9s" % ("", "all", "fit fold", "held out")]
-  for row in report["rows"]:
-    name = row["name"]
-    if name.endswith("weights") and name != "equal weights":
-      name += " " + format_weights(row["weights"])
+           "%-*s %8s %9s %9s" % (width, "", "all", "fit fold", "held out")]
+  for name, row in zip(names, report["rows"]):
     gap = row["gap"]
     held = "%9s" % "-" if gap["heldout"] is None else "%9.4f" % gap["heldout"]
-    lines.append("%-50s %8.4f %9.4f %s" % (name, gap["all"], gap["fit"], held))
+    lines.append("%-*s %8.4f %9.4f %s" % (width, name, gap["all"], gap["fit"], held))
   lines.append({
       "learned": "learned weights kept" + (
           " (they beat equal weights on the held-out fold)" if report["heldout_videos"]
