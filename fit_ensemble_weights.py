@@ -24,10 +24,10 @@ Prints each model's GAP alone, equal weights' and the learned weights' (on all t
 the fold they were fitted on and the held-out fold), and last a line `weights=w1,w2,...` in
 --inputs order; --output_file writes the same as JSON.
 """
+import hashlib
 import json
 import os
 import sys
-import zlib
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from absl import app
@@ -44,6 +44,10 @@ from fileio import InputError
 DEFAULT_HOLDOUT_FRACTION = 0.25
 # Coordinate-search step sizes (weight moved onto or off one model, of a total of 1).
 SEARCH_STEPS = (0.2, 0.1, 0.05, 0.025, 0.0125)
+# Smaller GAP gains are noise, not worth more steps.
+MIN_GAIN = 1e-5
+# Above twice this many videos, the search starts on a sample of this many (see learn_weights).
+SAMPLE_VIDEOS = 4000
 # Printed weights: enough digits for the search's finest step, few enough to paste.
 WEIGHT_DECIMALS = 4
 
@@ -52,10 +56,21 @@ WEIGHT_DECIMALS = 4
 # The held-out fold.
 
 
+def id_hashes(video_ids: np.ndarray, purpose: bytes) -> np.ndarray:
+  """A fixed 64-bit hash of each id; different purposes give independent hashes."""
+  return np.fromiter((int.from_bytes(hashlib.blake2b(bytes(v), digest_size=8,
+                                                     person=purpose).digest(), "little")
+                      for v in video_ids), np.uint64, len(video_ids))
+
+
+def id_fraction(video_ids: np.ndarray, fraction: float, purpose: bytes) -> np.ndarray:
+  """Boolean mask of about `fraction` of the videos, a fixed function of each id."""
+  return id_hashes(video_ids, purpose) < np.uint64(min(fraction, 1.0) * float(2**64 - 1))
+
+
 def heldout_fold(video_ids: np.ndarray, fraction: float) -> np.ndarray:
-  """Boolean mask of the held-out videos: a fixed function of each id (its CRC-32)."""
-  hashes = np.fromiter((zlib.crc32(bytes(v)) for v in video_ids), np.uint64, len(video_ids))
-  return hashes < np.uint64(round(fraction * 2**32))
+  """The held-out videos: the same ones on every run, whatever the order of the files."""
+  return id_fraction(video_ids, fraction, b"heldout")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,11 +108,13 @@ def cross_entropy_weights(table: prediction_metrics.PairTable) -> np.ndarray:
 
 
 def coordinate_search(objective: Callable[[np.ndarray], float], start: np.ndarray,
-                      steps: Sequence[float] = SEARCH_STEPS) -> Tuple[np.ndarray, float]:
+                      steps: Sequence[float] = SEARCH_STEPS,
+                      min_gain: float = MIN_GAIN) -> Tuple[np.ndarray, float]:
   """Maximizes objective over the simplex from start; returns (weights, value).
 
-  A move adds or removes `step` of weight on one model (then renormalizes); an improving move
-  is repeated while it improves. When no move improves, the step is halved.
+  A move adds or removes `step` of weight on one model (then renormalizes); a move that
+  improves by more than min_gain is taken and repeated while it does. When no move does, the
+  next (smaller) step is tried.
   """
   weights = start / start.sum()
   best = objective(weights)
@@ -114,7 +131,7 @@ def coordinate_search(objective: Callable[[np.ndarray], float], start: np.ndarra
               break
             candidate /= candidate.sum()
             value = objective(candidate)
-            if value <= best:
+            if value <= best + min_gain:
               break
             weights, best, improved = candidate, value, True
   return weights, best
@@ -132,17 +149,30 @@ def memoized(function: Callable[[np.ndarray], float]) -> Callable[[np.ndarray], 
 
 
 def learn_weights(table: prediction_metrics.PairTable, top_k: int) -> np.ndarray:
-  """The best weights found on table's videos (on the simplex), from several starts."""
-  scorer = prediction_metrics.BlendScorer(table, top_k)
-  objective = memoized(scorer.gap)
+  """The best weights found on table's videos (on the simplex), from several starts.
+
+  On many videos the starts are searched on a fixed sample of SAMPLE_VIDEOS of them (a GAP
+  there costs a fraction) down to the last but one step, and the best result is refined on
+  all of them with the finest step.
+  """
+  sample = table
+  if table.num_videos > 2 * SAMPLE_VIDEOS:
+    sample = table.subset(id_fraction(table.video_ids, SAMPLE_VIDEOS / table.num_videos,
+                                      b"sample"))
+  objective = memoized(prediction_metrics.BlendScorer(sample, top_k).gap)
   num_inputs = len(table.input_pairs)
   singles = [objective(np.eye(num_inputs)[m]) for m in range(num_inputs)]
   starts = [np.full(num_inputs, 1.0 / num_inputs),
             np.eye(num_inputs)[int(np.argmax(singles))],
-            cross_entropy_weights(table)]
-  found = [coordinate_search(objective, start) for start in starts]
+            cross_entropy_weights(sample)]
+  steps = SEARCH_STEPS if sample is table else SEARCH_STEPS[:-1]
+  found = [coordinate_search(objective, start, steps) for start in starts]
   # The first of the best (equal weights' search wins ties): deterministic.
-  return max(found, key=lambda pair: pair[1])[0]
+  weights = max(found, key=lambda pair: pair[1])[0]
+  if sample is not table:
+    weights, _ = coordinate_search(memoized(prediction_metrics.BlendScorer(table, top_k).gap),
+                                   weights, SEARCH_STEPS[-1:])
+  return weights
 
 
 def rounded(weights: np.ndarray) -> List[float]:
@@ -179,9 +209,9 @@ def fit(table: prediction_metrics.PairTable, top_k: int,
 
   def row(name, weights):
     weights = [float(w) for w in weights]
+    gaps = scorer.gaps(weights, [None, fitted, heldout])
     return {"name": name, "weights": weights,
-            "gap": {"all": scorer.gap(weights), "fit": scorer.gap(weights, fitted),
-                    "heldout": scorer.gap(weights, heldout) if heldout.any() else None}}
+            "gap": {"all": gaps[0], "fit": gaps[1], "heldout": gaps[2] if heldout.any() else None}}
 
   equal = [1.0] * num_inputs  # file_averaging.py's default weights
   rows = [row(path, np.eye(num_inputs)[m]) for m, path in enumerate(table.paths)]

@@ -313,20 +313,29 @@ class BlendScorer:
     chosen[-1] = False
     return chosen
 
-  def pool(self, scores: np.ndarray, videos: Optional[np.ndarray] = None) -> np.ndarray:
-    """Indices of the top_k pairs (of the videos in the mask `videos`), class-major."""
+  def pool(self, scores: np.ndarray) -> np.ndarray:
+    """Indices of the pairs in their video's top_k, in eval_util's class-major order."""
     chosen = self.top_k_pairs(scores)[:-1]
-    if videos is not None:
-      chosen &= videos[self.table.pair_videos]
     return self._class_major[chosen[self._class_major]]
 
   def gap(self, weights: Sequence[float], videos: Optional[np.ndarray] = None) -> float:
     """GAP@top_k of the blend (over the videos in the boolean mask `videos`, default all)."""
+    return self.gaps(weights, [videos])[0]
+
+  def gaps(self, weights: Sequence[float], video_sets: Sequence[Optional[np.ndarray]]):
+    """[GAP@top_k of the blend over each set of videos (a boolean mask, or None: all)]."""
     scores = self.blend(weights)
-    items = self.pool(scores, videos)
-    positives = (self.total_positives if videos is None
-                 else int(self.table.video_positives[videos].sum()))
-    return pooled_average_precision(scores[items], self.table.pair_positive[items], positives)
+    chosen = self.top_k_pairs(scores)[:-1]
+    results = []
+    for videos in video_sets:
+      kept, positives = chosen, self.total_positives
+      if videos is not None:
+        kept = chosen & videos[self.table.pair_videos]
+        positives = int(self.table.video_positives[videos].sum())
+      items = self._class_major[kept[self._class_major]]
+      results.append(pooled_average_precision(scores[items], self.table.pair_positive[items],
+                                              positives))
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
