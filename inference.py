@@ -29,23 +29,9 @@ import fileio
 import readers
 import script_flags
 import utils
+from willow import submission_csv
 
 FLAGS = flags.FLAGS
-
-HEADER = b"VideoId,LabelConfidencePairs\n"
-
-
-def format_rows(video_ids, classes, scores) -> bytes:
-  """CSV lines for a batch: ids [B] bytes, classes/scores [B, k] sorted by score.
-
-  Ids are copied as bytes: one that is not UTF-8 (a corrupt record) must not end a long run.
-  """
-  lines = []
-  for video_id, row_classes, row_scores in zip(video_ids, classes, scores):
-    pairs = b" ".join(b"%d %f" % pair for pair in zip(row_classes.tolist(), row_scores.tolist()))
-    lines.append(b"%s,%s\n" % (video_id, pairs))
-  return b"".join(lines)
-
 
 # XLA's CPU matrix product runs a contraction this long or longer at about half the rate of
 # TensorFlow's own kernel: the hidden layer of the full-size VLAD / FV models (278528 inputs).
@@ -114,11 +100,13 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
   predict = make_predict_fn(model, top_k, jit_compile)
   start, count = time.time(), 0
   with fileio.atomic_output(output_file, "wb") as out:
-    out.write(HEADER)
+    out.write(submission_csv.HEADER_LINE)
     try:
       for batch in dataset:
         scores, classes = predict(batch["video_matrix"], batch["num_frames"])
-        out.write(format_rows(batch["video_ids"].numpy(), classes.numpy(), scores.numpy()))
+        # Ids are copied as bytes: one that is not UTF-8 (a corrupt record) must not end a run.
+        out.write(submission_csv.format_rows(batch["video_ids"].numpy(), classes.numpy(),
+                                             scores.numpy()))
         count += int(scores.shape[0])
         elapsed = time.time() - start
         logging.info("%d videos written | %.1f videos/s", count, count / max(elapsed, 1e-9))
@@ -131,10 +119,10 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
 def merge_parts(output_file: str, parts):
   """Concatenates part CSVs (each with its header) into output_file, in part order."""
   with fileio.atomic_output(output_file, "wb") as out:
-    out.write(HEADER)
+    out.write(submission_csv.HEADER_LINE)
     for part in parts:
       with open(part, "rb") as f:
-        if f.readline() != HEADER:
+        if f.readline() != submission_csv.HEADER_LINE:
           raise utils.InputError("%s: not an inference CSV part (bad header)" % part)
         for line in f:
           out.write(line)
