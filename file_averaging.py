@@ -116,6 +116,9 @@ class _Source:
                weight: float, first_column: int):
     self.parsed, self.weight, self.first_column = parsed, weight, first_column
     self.width = int(parsed.pair_counts.max(initial=0))
+    # Rows of equal length (what inference.py writes) are a (rows, width) grid: a block's pairs
+    # are then one row gather.
+    self.uniform = self.width > 0 and bool((parsed.pair_counts == self.width).all())
     self.pair_starts = parsed.pair_starts
     self.scale = submission_csv.MICRO if parsed.scores_are_micro else 1
     self.row_of_video = np.full(num_videos, -1, np.int64)  # -1: not in this input
@@ -124,33 +127,46 @@ class _Source:
   def fill(self, first: int, last: int, keys: np.ndarray, contributions: np.ndarray,
            shift: int) -> None:
     """Writes the pairs of videos [first, last) into this input's columns of a block: key
-    (label << shift) | column, contribution weight * score."""
+    (label << shift) | column, contribution weight * score (cells left as they are: pads)."""
     rows = self.row_of_video[first:last]
+    labels, scores, key_type = self.parsed.labels, self.parsed.scores, keys.dtype.type
+    if self.uniform:  # row gathers into plain slices, much cheaper than a scatter
+      columns = slice(self.first_column, self.first_column + self.width)
+      missing = np.flatnonzero(rows < 0)  # they gather the last row, then get their pads back
+      pads = keys[missing, columns]
+      np.left_shift(np.take(labels.reshape(-1, self.width), rows, axis=0), key_type(shift),
+                    out=keys[:, columns], dtype=keys.dtype, casting="unsafe")
+      keys[:, columns] |= np.arange(columns.start, columns.stop, dtype=keys.dtype)
+      np.divide(np.take(scores.reshape(-1, self.width), rows, axis=0), self.scale,
+                out=contributions[:, columns])  # exactly float(token)
+      if self.weight != 1:
+        contributions[:, columns] *= self.weight
+      keys[missing, columns], contributions[missing, columns] = pads, -np.inf
+      return
     counts = np.where(rows >= 0, self.parsed.pair_counts[rows], 0)
     ends = np.cumsum(counts)
     within = np.arange(ends[-1]) - np.repeat(ends - counts, counts)  # pair index in its row
     pairs = np.repeat(self.pair_starts[rows], counts) + within
     videos, columns = np.repeat(np.arange(len(rows)), counts), self.first_column + within
-    key_type = keys.dtype.type
-    keys[videos, columns] = ((self.parsed.labels[pairs].astype(keys.dtype) << key_type(shift))
+    keys[videos, columns] = ((labels[pairs].astype(keys.dtype) << key_type(shift))
                              | columns.astype(keys.dtype))
-    values = self.parsed.scores[pairs] / self.scale  # exactly float(token)
-    if self.weight != 1:
-      values *= self.weight
-    contributions[videos, columns] = values
+    contributions[videos, columns] = scores[pairs] / self.scale * self.weight
 
 
-def _sum_runs_in_order(values: np.ndarray, run_starts: np.ndarray) -> None:
+def _sum_runs_in_order(values: np.ndarray, continues: np.ndarray) -> None:
   """Turns the last value of each run into v1 + v2 + ... summed left to right, in place.
 
-  As the original's loop over the inputs (float addition is not associative): step d adds
-  the running sum into the values at depth d of their run; runs hold one value per input.
+  continues[i]: values[i] belongs to the run of values[i - 1] (consumed). As the original's loop
+  over the inputs (float addition is not associative), each round adds the running sum into
+  the values whose predecessor holds it already; runs hold at most one value per input.
   """
-  position = np.arange(len(values))
-  depth = position - np.maximum.accumulate(np.where(run_starts, position, 0))
-  for d in range(1, int(depth.max(initial=0)) + 1):
-    at = np.flatnonzero(depth == d)
-    values[at] += values[at - 1]
+  pending = np.flatnonzero(continues)
+  while len(pending):
+    ready = ~continues[pending - 1]
+    now = pending[ready]
+    values[now] += values[now - 1]
+    continues[now] = False
+    pending = pending[~ready]
 
 
 def _top_k_rows(sums: np.ndarray, labels: np.ndarray, top_k: int, out_labels: np.ndarray,
@@ -202,14 +218,14 @@ def _blend_block(sources: Sequence[_Source], first: int, last: int, total_weight
     source.fill(first, last, keys, contributions, shift)
   keys.sort(axis=1)
   labels = keys >> key_type(shift)
-  sums = np.take_along_axis(contributions, (keys & key_type((1 << shift) - 1)).astype(np.intp),
-                            axis=1)
-  run_starts = np.ones((videos, width), bool)
-  np.not_equal(labels[:, 1:], labels[:, :-1], out=run_starts[:, 1:])
-  _sum_runs_in_order(sums.reshape(-1), run_starts.reshape(-1))
-  run_ends = np.ones((videos, width), bool)
-  run_ends[:, :-1] = run_starts[:, 1:]
-  sums[~run_ends] = -np.inf
+  cells = keys & key_type((1 << shift) - 1)  # the column each sorted key came from
+  cells += (np.arange(videos, dtype=key_dtype) * key_type(width))[:, None]
+  sums = contributions.reshape(-1).take(cells)  # faster than take_along_axis (no intp copy)
+  continues = np.zeros((videos, width), bool)
+  np.equal(labels[:, 1:], labels[:, :-1], out=continues[:, 1:])
+  not_last = continues[:, 1:].copy()
+  _sum_runs_in_order(sums.reshape(-1), continues.reshape(-1))
+  sums[:, :-1][not_last] = -np.inf
   sums /= total_weight
   _top_k_rows(sums, labels, blend.labels.shape[1], blend.labels[first:last],
               blend.scores[first:last])

@@ -30,8 +30,8 @@ MAX_ID_BYTES = 256
 MICRO = 10**6
 # Files are parsed as ranges of whole lines of about this size, queued on the worker threads:
 # big enough to amortize the per-range overhead, small enough that a range's temporaries (about
-# 6x its text) stay small and seven files share two cores evenly to the end.
-RANGE_BYTES = 32 << 20
+# 8x its text) stay small and seven files share two cores evenly to the end.
+RANGE_BYTES = 8 << 20
 
 
 def format_rows(video_ids, labels, scores, counts=None) -> bytes:
@@ -92,9 +92,10 @@ def parse_prediction_files(paths: Sequence[str], num_classes: int = 4716,
   try:
     jobs = [[pool.submit(_parse_range, path, start, end, body_start, num_classes)
              for start, end in ranges] for path, (body_start, ranges, _) in zip(paths, plans)]
-    for path, (_, _, error), futures in zip(paths, plans, jobs):
+    for index, (path, (_, _, error)) in enumerate(zip(paths, plans)):
       if error is not None:
         raise error
+      futures, jobs[index] = jobs[index], None  # the futures hold the ranges' arrays
       yield _join(path, [future.result() for future in futures])
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
@@ -147,11 +148,17 @@ def _plan_ranges(path: str):
 
 @dataclasses.dataclass
 class _Rows:
-  """The rows of one range (see PredictionFile); scores as float64 values."""
+  """The rows of one range (see PredictionFile)."""
   video_ids: np.ndarray
   pair_counts: np.ndarray
   labels: np.ndarray
   scores: np.ndarray
+  scores_are_micro: bool
+
+  def __post_init__(self):  # float64 values in, millionths when exact
+    micro = _exact_micro(self.scores) if not self.scores_are_micro else self.scores
+    if micro is not None:
+      self.scores, self.scores_are_micro = micro, True
 
 
 def _parse_range(path: str, start: int, end: int, body_start: int, num_classes: int) -> _Rows:
@@ -180,14 +187,14 @@ def _join(path: str, parts: List[_Rows]) -> PredictionFile:
     first = np.flatnonzero(codes == codes[repeat])[0]
     raise InputError("%s: line %d: duplicate video id %r (first on line %d)" % (
         path, repeat + 2, video_ids[repeat].decode("utf-8", "replace"), first + 2))
-  scores = [part.scores for part in parts]
-  micro = [_exact_micro(values) for values in scores]
-  micro_ok = all(values is not None for values in micro)
+  micro = all(part.scores_are_micro for part in parts)
   return PredictionFile(
       path=path, video_ids=video_ids,
       pair_counts=np.concatenate([part.pair_counts for part in parts]),
       labels=np.concatenate([part.labels for part in parts]),
-      scores=np.concatenate(micro if micro_ok else scores), scores_are_micro=micro_ok)
+      scores=np.concatenate([part.scores if micro or not part.scores_are_micro
+                             else part.scores / MICRO for part in parts]),
+      scores_are_micro=micro)
 
 
 def _exact_micro(values: np.ndarray) -> Optional[np.ndarray]:
@@ -247,7 +254,8 @@ def _parse_vectorized(data: bytes, num_classes: int, label_dtype) -> Optional[_R
   labels = labels.astype(label_dtype)
   if _has_repeated_label(labels, counts):
     return None
-  return _Rows(ids.to_numpy(zero_copy_only=False).astype(np.bytes_), counts, labels, scores)
+  return _Rows(ids.to_numpy(zero_copy_only=False).astype(np.bytes_), counts, labels, scores,
+               False)
 
 
 def _has_repeated_label(labels: np.ndarray, counts: np.ndarray) -> bool:
@@ -276,7 +284,7 @@ def _parse_lines(path: str, data: bytes, first_line, num_classes: int, label_dty
     labels += row_labels
     scores += row_scores
   return _Rows(np.array(ids, np.bytes_), np.array(counts, np.int32),
-               np.array(labels, label_dtype), np.array(scores, np.float64))
+               np.array(labels, label_dtype), np.array(scores, np.float64), False)
 
 
 _COLUMNS = "expected 2 columns '<video id>,<label> <score> ...'"
