@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import stat
 import subprocess
 import sys
 
@@ -340,6 +341,9 @@ def test_cli_in_a_subprocess_prints_one_summary_line(tmp_path):
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "s.csv").read_text() == HEADER + "v,1 0.500000\nw,2 0.166667\n"
   assert not [n for n in os.listdir(str(tmp_path)) if n.endswith(".tmp")]
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(tmp_path / "s.csv").st_mode) == 0o666 & ~umask  # as open(..., "w")
   assert result.stdout == ("blended 2 inputs (weights 1, 0.5; 1 of weight 0 dropped) over 2 "
                            "videos into s.csv\n")
 

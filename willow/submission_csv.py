@@ -148,17 +148,18 @@ def _plan_ranges(path: str):
 
 @dataclasses.dataclass
 class _Rows:
-  """The rows of one range (see PredictionFile)."""
+  """The rows of one range (see PredictionFile): scores come as float64 values and are kept
+  as millionths when that is exact."""
   video_ids: np.ndarray
   pair_counts: np.ndarray
   labels: np.ndarray
   scores: np.ndarray
-  scores_are_micro: bool
+  scores_are_micro: bool = dataclasses.field(init=False)
 
-  def __post_init__(self):  # float64 values in, millionths when exact
-    micro = _exact_micro(self.scores) if not self.scores_are_micro else self.scores
-    if micro is not None:
-      self.scores, self.scores_are_micro = micro, True
+  def __post_init__(self):
+    micro = _exact_micro(self.scores)
+    self.scores_are_micro = micro is not None
+    self.scores = self.scores if micro is None else micro
 
 
 def _parse_range(path: str, start: int, end: int, body_start: int, num_classes: int) -> _Rows:
@@ -254,8 +255,7 @@ def _parse_vectorized(data: bytes, num_classes: int, label_dtype) -> Optional[_R
   labels = labels.astype(label_dtype)
   if _has_repeated_label(labels, counts):
     return None
-  return _Rows(ids.to_numpy(zero_copy_only=False).astype(np.bytes_), counts, labels, scores,
-               False)
+  return _Rows(ids.to_numpy(zero_copy_only=False).astype(np.bytes_), counts, labels, scores)
 
 
 def _has_repeated_label(labels: np.ndarray, counts: np.ndarray) -> bool:
@@ -284,7 +284,7 @@ def _parse_lines(path: str, data: bytes, first_line, num_classes: int, label_dty
     labels += row_labels
     scores += row_scores
   return _Rows(np.array(ids, np.bytes_), np.array(counts, np.int32),
-               np.array(labels, label_dtype), np.array(scores, np.float64), False)
+               np.array(labels, label_dtype), np.array(scores, np.float64))
 
 
 _COLUMNS = "expected 2 columns '<video id>,<label> <score> ...'"
