@@ -9,6 +9,9 @@ The model runs in inference mode: moving batch-norm statistics, deterministic fr
 With --predictions_csv=P.csv it scores a predictions CSV instead (inference.py's or
 file_averaging.py's): GAP@top_k, MAP and hit@1 against the labels of --eval_data_pattern's
 records, of which only the ids and labels are read (no model, no feature flags).
+
+With --segment_labels (segment-rated records) it reports the segment MAP of the 2019 challenge
+and the GAP over rated pairs instead (segments.py, docs/segments.md).
 """
 import os
 
@@ -30,6 +33,7 @@ import losses
 import prediction_metrics
 import readers
 import script_flags
+import segments
 import utils
 
 FLAGS = flags.FLAGS
@@ -140,11 +144,19 @@ def main(unused_argv):
     if model is None:  # built and traced once, then each new checkpoint is restored into it
       model, config = checkpoint_utils.build_model_to_restore(
           FLAGS.train_dir, requested, explicit, FLAGS.inference_precision)
-      predict = prediction_function(model, FLAGS.label_loss, FLAGS.alpha)
+      predict = (segments.prediction_function if FLAGS.segment_labels else
+                 prediction_function)(model, FLAGS.label_loss, FLAGS.alpha)
     checkpoint_utils.restore_trained_weights(model, config, path)
-    evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
-             FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, checkpoint_utils.checkpoint_step(path),
-             writer, predict)
+    step = checkpoint_utils.checkpoint_step(path)
+    if FLAGS.segment_labels:
+      class_ids = (segments.read_class_ids(FLAGS.segment_label_ids_file, config.num_classes)
+                   if FLAGS.segment_label_ids_file else None)
+      segments.evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size,
+                        FLAGS.num_readers, FLAGS.segment_size, FLAGS.segment_max_pred,
+                        class_ids, FLAGS.label_loss, FLAGS.alpha, step, writer, predict)
+    else:
+      evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
+               FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, step, writer, predict)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ sampling), unlike the original's. The file is written under a temporary name and
 complete. With --num_tasks=N --task_index=i (or a TF_CONFIG task) the input files are split
 in N parts and this process writes part i; `python inference.py --merge_parts ...` joins them
 once all N are there. Video ids are written byte for byte, UTF-8 or not.
+
+With --segment_labels it scores every --segment_size-frame segment instead and writes the 2019
+challenge's `Class,Segments` file (segments.py, docs/segments.md); parts of a sharded run keep
+the scores, so that --merge_parts ranks them together.
 """
 import glob
 import json
@@ -28,6 +32,7 @@ import checkpoint_utils
 import fileio
 import readers
 import script_flags
+import segments
 import utils
 from willow import submission_csv
 
@@ -157,7 +162,10 @@ def main(unused_argv):
   script_flags.require_flags(nonempty=["output_file"])
   if FLAGS.merge_parts:
     parts = complete_parts(FLAGS.output_file)
-    merge_parts(FLAGS.output_file, parts)
+    if segments.is_segment_part(parts[0]):
+      segments.merge_parts(FLAGS.output_file, parts, FLAGS.segment_max_pred)
+    else:
+      merge_parts(FLAGS.output_file, parts)
     logging.info("merged %d parts into %s", len(parts), FLAGS.output_file)
     return
   script_flags.require_flags(nonempty=["input_data_pattern"], positive=["batch_size", "top_k"])
@@ -165,7 +173,7 @@ def main(unused_argv):
   model, config, _ = checkpoint_utils.load_trained_model(
       FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),
       script_flags.explicit_model_flags(), FLAGS.inference_precision)
-  if FLAGS.top_k > config.num_classes:
+  if FLAGS.top_k > config.num_classes and not FLAGS.segment_labels:
     raise utils.InputError("--top_k=%d exceeds the model's %d classes" % (FLAGS.top_k,
                                                                        config.num_classes))
   task_index, num_tasks = task_split(FLAGS.task_index, FLAGS.num_tasks)
@@ -173,6 +181,13 @@ def main(unused_argv):
   use_xla = inference_uses_xla(FLAGS.jit_compile, FLAGS.inference_precision, model)
   logging.info("forward pass %s XLA (--jit_compile=%s, --inference_precision=%s)",
                "with" if use_xla else "without", FLAGS.jit_compile, FLAGS.inference_precision)
+  if FLAGS.segment_labels:
+    class_ids = (segments.read_class_ids(FLAGS.segment_label_ids_file, config.num_classes)
+                 if FLAGS.segment_label_ids_file else list(range(config.num_classes)))
+    segments.predict(model, config, FLAGS.input_data_pattern, output_file, FLAGS.batch_size,
+                     FLAGS.num_readers, FLAGS.segment_size, class_ids, FLAGS.segment_max_pred,
+                     task_index, num_tasks, FLAGS.skip_corrupt_records, use_xla)
+    return
   run_inference(model, config, FLAGS.input_data_pattern, output_file, FLAGS.batch_size,
                 FLAGS.top_k, FLAGS.num_readers, task_index, num_tasks,
                 FLAGS.skip_corrupt_records, use_xla)

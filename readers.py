@@ -517,12 +517,16 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
         batch_size, drop_remainder=drop_remainder)
     decoded = skipped.report_when_exhausted(decoded)
     return decoded.prefetch(tf.data.AUTOTUNE)
-  batches = records.batch(batch_size, drop_remainder=drop_remainder)
+  # A segment reader turns a batch of records into any number of examples: rebatched.
+  regroup = getattr(reader, "several_examples_per_record", False)
+  batches = records.batch(batch_size, drop_remainder=drop_remainder and not regroup)
   decoded = batches.map(
       _plain(lambda serialized, source: reader.prepare_serialized_examples(serialized,
                                                                            source=source)),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=deterministic)
+  if regroup:
+    decoded = decoded.rebatch(batch_size, drop_remainder=drop_remainder)
   return decoded.prefetch(tf.data.AUTOTUNE)
 
 

@@ -192,6 +192,18 @@ def define_flags(script: str, fv=None):
   define_integer("num_tasks", None, "inference: number of parts the input is split in.")
   define_bool("skip_corrupt_records", False,
                     "inference: skip unreadable records (and count them) instead of failing.")
+  # Segment-rated data (the 2019 challenge; the starter code's flag names). See segments.py.
+  define_bool("segment_labels", False,
+              "Segment-rated frame-level records: train and eval on each rated segment "
+              "(labels weighted: unrated classes are unknown); inference scores every segment "
+              "and writes Class,Segments.")
+  define_integer("segment_size", 5, "Frames per segment (--segment_labels).", lower_bound=1)
+  define_integer("segment_max_pred", 100000,
+                 "--segment_labels: segments per class kept by inference and ranked by the "
+                 "eval metric.", lower_bound=1)
+  define_string("segment_label_ids_file", "",
+                "--segment_labels: file of the class ids to predict (inference) and evaluate "
+                "(eval), one per line; empty: every class.")
 
 
 def expand_flag_prefixes(argv: Sequence[str], known: Sequence[str]) -> List[str]:

@@ -26,6 +26,7 @@ import model_blocks
 import models
 import readers
 import script_flags
+import segments
 import utils
 
 
@@ -55,6 +56,8 @@ class TrainOptions:
   seed: Optional[int] = None
   jit_compile: str = "auto"
   mixed_precision: str = "none"
+  segment_labels: bool = False
+  segment_size: int = 5
 
 
 # ----------------------------------------------------------------------------------------
@@ -302,7 +305,9 @@ class Trainer:
     self.chief = is_chief(strategy)
     self.replicas = strategy.num_replicas_in_sync
     self.global_batch = options.batch_size * self.replicas
-    self.reader = config.reader()
+    # Segment-rated data: one example per rated segment, the loss over its rated classes.
+    self.reader = (segments.segment_reader(config, options.segment_size)
+                   if options.segment_labels else config.reader())
     self.loss = losses.get_loss(options.label_loss, options.alpha)
     self.stop_requested = False
     # Non-chief workers must take part in saving; they write to a scratch directory.
@@ -310,6 +315,8 @@ class Trainer:
         prefix="willow-worker-")
     with strategy.scope():
       self.model = models.build_model(config)
+      if options.segment_labels:
+        self.model.segment_size = options.segment_size
       schedule = ExampleStaircaseDecay(options.base_learning_rate, options.learning_rate_decay,
                                        options.learning_rate_decay_examples, self.global_batch)
       self.optimizer = make_optimizer(options.optimizer, schedule)
@@ -375,7 +382,8 @@ class Trainer:
   def distributed_dataset(self):
     # Only the tensors the step uses: an XLA-compiled step cannot take the string ids.
     def step_inputs(batch):
-      return {k: batch[k] for k in ("video_matrix", "num_frames", "labels")}
+      return {k: batch[k] for k in ("video_matrix", "num_frames", "labels", "label_weights")
+              if k in batch}
     return self.strategy.distribute_datasets_from_function(
         lambda ctx: self._dataset(ctx, num_epochs=self.options.num_epochs,
                                   seed=self.options.seed).map(
@@ -388,14 +396,16 @@ class Trainer:
   # -- step ------------------------------------------------------------------------------
 
   @tf.function(autograph=False)
-  def _loss_and_gradients(self, video_matrix, num_frames, labels, divisor):
+  def _loss_and_gradients(self, video_matrix, num_frames, labels, divisor, label_weights=None):
     """Gradients of (sum of label losses + its share of the penalty) / divisor, with that sum
-    of label losses and the predictions."""
+    of label losses and the predictions. label_weights: see losses.py."""
     variables = self.model.trainable_variables
     size = tf.cast(tf.shape(labels)[0], tf.float32)
     with tf.GradientTape() as tape:
       predictions = self.model(video_matrix, num_frames, training=True)["predictions"]
-      label_sum = tf.cast(self.loss.calculate_loss(predictions, labels), tf.float32) * size
+      label_sum = tf.cast(self.loss.calculate_loss(predictions, labels,
+                                                   label_weights=label_weights),
+                          tf.float32) * size
       total = label_sum + self.options.regularization_penalty * (
           self.model.regularization_loss() * size)
       objective = total / divisor
@@ -425,7 +435,8 @@ class Trainer:
 
     gradients, label_sum, predictions = tf.cond(
         size > 0, lambda: self._loss_and_gradients(batch["video_matrix"], batch["num_frames"],
-                                                   batch["labels"], divisor), nothing)
+                                                   batch["labels"], divisor,
+                                                   batch.get("label_weights")), nothing)
     reg_loss = self.model.regularization_loss()
     if self.replicas > 1:
       # One all-reduce carries the gradients, the loss, the example count and the
@@ -444,9 +455,12 @@ class Trainer:
       gradients = [g / self.replicas for g in gradients]
     self.optimizer.apply_gradients(zip(gradients, variables))
     label_loss = label_sum / size
-    return dict(label_loss=label_loss, reg_loss=reg_loss,
-                total_loss=label_loss + penalty * reg_loss, predictions=predictions,
-                labels=batch["labels"], requests=requests)
+    outputs = dict(label_loss=label_loss, reg_loss=reg_loss,
+                   total_loss=label_loss + penalty * reg_loss, predictions=predictions,
+                   labels=batch["labels"], requests=requests)
+    if "label_weights" in batch:
+      outputs["label_weights"] = batch["label_weights"]
+    return outputs
 
   @tf.function(autograph=False)
   def train_step(self, batch, requests=(0, 0)):
@@ -458,9 +472,11 @@ class Trainer:
     outputs = self.strategy.run(self._replica_step, args=(batch, requests))
     first = lambda v: self.strategy.experimental_local_results(v)[0]
     gather = lambda v: tf.concat(self.strategy.experimental_local_results(v), axis=0)
-    return dict(label_loss=first(outputs["label_loss"]), reg_loss=first(outputs["reg_loss"]),
-                total_loss=first(outputs["total_loss"]), requests=first(outputs["requests"]),
-                predictions=gather(outputs["predictions"]), labels=gather(outputs["labels"]))
+    results = dict(label_loss=first(outputs["label_loss"]), reg_loss=first(outputs["reg_loss"]),
+                   total_loss=first(outputs["total_loss"]), requests=first(outputs["requests"]))
+    results.update({k: gather(outputs[k]) for k in ("predictions", "labels", "label_weights")
+                    if k in outputs})
+    return results
 
   # -- checkpoints -----------------------------------------------------------------------
 
@@ -563,10 +579,15 @@ class Trainer:
     rates = progress.rates(step)
     predictions = outputs["predictions"].numpy()
     labels = outputs["labels"].numpy()
-    gap = eval_util.calculate_gap(predictions, labels)
-    hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
     loss = float(outputs["label_loss"])
-    line = "step %d | loss %.4f | GAP %.3f | hit@1 %.3f" % (step, loss, gap, hit_at_one)
+    if "label_weights" in outputs:  # segments: the rated pairs only; hit@1 means nothing
+      gap = segments.rated_pairs_gap(predictions, labels, outputs["label_weights"].numpy())
+      hit_at_one = None
+      line = "step %d | loss %.4f | GAP (rated pairs) %.3f" % (step, loss, gap)
+    else:
+      gap = eval_util.calculate_gap(predictions, labels)
+      hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
+      line = "step %d | loss %.4f | GAP %.3f | hit@1 %.3f" % (step, loss, gap, hit_at_one)
     if rates:
       steps_per_sec, examples_per_sec, eta = rates
       line += " | %.2f steps/s | %.1f examples/s" % (steps_per_sec, examples_per_sec)
@@ -577,7 +598,8 @@ class Trainer:
       tf.summary.scalar("model/label_loss", loss)
       tf.summary.scalar("model/reg_loss", float(outputs["reg_loss"]))
       tf.summary.scalar("model/Training_GAP", gap)
-      tf.summary.scalar("model/Training_Hit@1", hit_at_one)
+      if hit_at_one is not None:
+        tf.summary.scalar("model/Training_Hit@1", hit_at_one)
       tf.summary.scalar("learning_rate", float(self.optimizer.learning_rate))
       if rates:
         tf.summary.scalar("global_step/Examples/Second", rates[1])
