@@ -132,24 +132,23 @@ class SegmentReader(readers.BaseReader):
 
   def _check_ratings(self, context, video_frames, names, video_ids):
     """Equal list lengths, classes in range, starts inside the video, ends = start + size,
-    scores in [0, 1]; each failure names the file, the video and the value."""
+    scores in [0, 1]. Each failure names the file, the video and the value: of the first bad
+    record (then of its first bad rating), whatever the order the checks run in."""
     classes = context[SEGMENT_LABELS_KEY]
     num_ratings = tf.cast(classes.row_lengths(), tf.int32)
-    checks = []
+    length_failures = []
     for key in (SEGMENT_START_TIMES_KEY, SEGMENT_SCORES_KEY, SEGMENT_END_TIMES_KEY):
       lengths = tf.cast(context[key].row_lengths(), tf.int32)
       wrong = tf.not_equal(lengths, num_ratings)
       if key == SEGMENT_END_TIMES_KEY:  # optional: absent is fine
         wrong = tf.logical_and(wrong, lengths > 0)
-      record = readers._first_true(wrong)
-      problem = tf.strings.join([
-          "%s has " % SEGMENT_LABELS_KEY, tf.strings.as_string(readers._at(num_ratings, record, 0)),
-          " values but %s has " % key, tf.strings.as_string(readers._at(lengths, record, 0)),
-          " (one value per rating)"])
-      checks.append(readers._assert_records(tf.logical_not(tf.reduce_any(wrong)), record,
-                                            names, video_ids, problem))
+      length_failures.append((wrong, lambda i, key=key, lengths=lengths: [
+          "%s has " % SEGMENT_LABELS_KEY, tf.strings.as_string(readers._at(num_ratings, i, 0)),
+          " values but %s has " % key, tf.strings.as_string(readers._at(lengths, i, 0)),
+          " (one value per rating)"]))
+    lengths_check = _first_failure(length_failures, lambda i: i, names, video_ids)
     # The value checks index the lists together: only once their lengths are known to agree.
-    with tf.control_dependencies(checks):
+    with tf.control_dependencies([lengths_check]):
       rating_rows = tf.cast(classes.value_rowids(), tf.int32)
       values = classes.flat_values
       starts = context[SEGMENT_START_TIMES_KEY].flat_values
@@ -158,32 +157,28 @@ class SegmentReader(readers.BaseReader):
       ends = context[SEGMENT_END_TIMES_KEY]
       has_ends = tf.gather(ends.row_lengths() > 0, rating_rows)
       # The end times of the records that have them, in rating order (0 elsewhere).
-      with_ends = tf.where(has_ends)
-      end_values = tf.scatter_nd(with_ends, ends.flat_values,
+      end_values = tf.scatter_nd(tf.where(has_ends), ends.flat_values,
                                  tf.shape(values, out_type=tf.int64))
-      wrong_checks = [
+      as_text = lambda tensor, i, **kwargs: tf.strings.as_string(readers._at(tensor, i, 0),
+                                                                 **kwargs)
+      value_failures = [
           (tf.logical_or(values < 0, values >= self.num_classes),
-           lambda i: ["segment label ", tf.strings.as_string(readers._at(values, i, 0)),
+           lambda i: ["segment label ", as_text(values, i),
                       " is outside [0, %d) (check --num_classes)" % self.num_classes]),
           (tf.logical_or(starts < 0, starts >= frames),
-           lambda i: ["segment start time ", tf.strings.as_string(readers._at(starts, i, 0)),
-                      " is outside the video's ", tf.strings.as_string(readers._at(frames, i, 0)),
-                      " frames"]),
+           lambda i: ["segment start time ", as_text(starts, i), " is outside the video's ",
+                      as_text(frames, i), " frames"]),
           (tf.logical_and(has_ends, tf.not_equal(end_values - starts, self.segment_size)),
-           lambda i: ["segment end time ", tf.strings.as_string(readers._at(end_values, i, 0)),
-                      " is not its start time ", tf.strings.as_string(readers._at(starts, i, 0)),
-                      " + --segment_size=%d" % self.segment_size]),
+           lambda i: ["segment end time ", as_text(end_values, i), " is not its start time ",
+                      as_text(starts, i), " + --segment_size=%d" % self.segment_size]),
           (tf.logical_not(tf.logical_and(scores >= 0.0, scores <= 1.0)),
-           lambda i: ["segment score ", tf.strings.as_string(readers._at(scores, i, 0.0)),
+           lambda i: ["segment score ", as_text(scores, i, shortest=True),
                       " is not in [0, 1]"]),
       ]
-      for wrong, describe in wrong_checks:
-        first = readers._first_true(wrong)
-        record = readers._at(rating_rows, first, tf.shape(video_ids)[0])
-        checks.append(readers._assert_records(
-            tf.logical_not(tf.reduce_any(wrong)), record, names, video_ids,
-            tf.strings.join(describe(first))))
-    return checks
+      values_check = _first_failure(
+          value_failures, lambda i: readers._at(rating_rows, i, tf.shape(video_ids)[0]),
+          names, video_ids)
+    return [lengths_check, values_check]
 
   def _rated_segments(self, context):
     """(record, start) of each distinct rated start, sorted, with its labels and weights."""
@@ -219,6 +214,20 @@ class SegmentReader(readers.BaseReader):
     return tf.ensure_shape(values, [None, self.segment_size, sum(self.feature_sizes)])
 
 
+def _first_failure(failures, record_of, names, video_ids):
+  """One assert for several checks of the same items (records or ratings): it reports the
+  first bad item, and for it the first failing check of `failures` [(bad mask, describe)],
+  where describe(i) gives the message parts of item i and record_of(i) its record."""
+  bad = tf.reduce_any(tf.stack([mask for mask, _ in failures]), axis=0)
+  first = readers._first_true(bad)
+  problem = tf.constant("")
+  for mask, describe in reversed(failures):
+    problem = tf.where(readers._at(mask, first, False), tf.strings.join(describe(first)),
+                       problem)
+  return readers._assert_records(tf.logical_not(tf.reduce_any(bad)), record_of(first), names,
+                                 video_ids, problem)
+
+
 def segment_reader(config, segment_size: int, every_segment: bool = False) -> SegmentReader:
   """The SegmentReader of a model configuration's features."""
   if not config.frame_features:
@@ -241,18 +250,20 @@ def rank_pairs(classes: np.ndarray, scores: np.ndarray,
                ids_of: Callable[[np.ndarray], Sequence[bytes]]) -> np.ndarray:
   """Order of (class, score, segment) pairs: by class, score descending, then segment id.
 
-  ids_of(indices) returns the segment ids of the pairs at `indices`; it is called only for
-  pairs whose class and score are tied, so that ranking millions of pairs needs no strings.
+  ids_of(indices) returns the segment ids of the pairs at `indices`; it is called once, for
+  the pairs whose class and score are tied, so that ranking millions of pairs needs no
+  strings.
   """
   order = np.lexsort((-scores, classes))
   ranked_classes, ranked_scores = classes[order], scores[order]
-  tied = (ranked_classes[1:] == ranked_classes[:-1]) & (ranked_scores[1:] == ranked_scores[:-1])
-  if tied.any():
-    edges = np.diff(np.concatenate([[0], tied.astype(np.int8), [0]]))
-    for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-      run = order[first:last + 1]
-      order[first:last + 1] = run[np.argsort(np.array(list(ids_of(run)), dtype=object),
-                                            kind="stable")]
+  same = (ranked_classes[1:] == ranked_classes[:-1]) & (ranked_scores[1:] == ranked_scores[:-1])
+  if same.any():
+    in_run = np.concatenate([same, [False]]) | np.concatenate([[False], same])
+    positions = np.flatnonzero(in_run)
+    run = np.cumsum(~np.concatenate([[False], same]))[positions]   # a label per tie run
+    tied = order[positions]
+    _, id_rank = np.unique(np.array(list(ids_of(tied)), dtype=object), return_inverse=True)
+    order[positions] = tied[np.lexsort((id_rank, run))]
   return order
 
 
@@ -319,8 +330,8 @@ class SegmentMetrics:
     predictions = np.asarray(predictions)
     self._columns.append((classes, predictions[rows, classes].astype(np.float64),
                           np.asarray(labels)[rows, classes] > 0,
-                          np.array(segment_ids(np.asarray(video_ids)[rows],
-                                               np.asarray(starts)[rows]), dtype=object)))
+                          np.array(segment_ids(np.asarray(video_ids)[rows].tolist(),
+                                               np.asarray(starts)[rows].tolist()), dtype=object)))
     self.num_segments += len(predictions)
     self.sum_loss += float(mean_loss) * len(predictions)
     return rated_pairs_gap(predictions, labels, weights)
@@ -386,12 +397,25 @@ class ClassTopLists:
     self._segment_start.append(np.asarray(starts, np.int64))
     self._segment_table = None
     self.num_segments += len(video_index)
-    rows, classes = np.nonzero(scores >= self._threshold[np.newaxis, :])
-    if len(rows):
-      self._candidates.append((classes, scores[rows, classes].astype(np.float64), rows + first))
-      self._num_candidates += len(rows)
-      if self._num_candidates >= self._capacity:
-        self._merge_candidates()
+    # Only a class whose best score in the batch reaches its threshold can gain segments, and
+    # at most its max_pred best of the batch (with any ties at that cut: ids decide later).
+    columns = np.flatnonzero(scores.max(axis=0, initial=-np.inf) >= self._threshold)
+    if not len(columns):
+      return
+    scores = scores[:, columns]
+    floor = self._threshold[columns]
+    if len(scores) > self.max_pred:
+      cut = len(scores) - self.max_pred
+      floor = np.maximum(floor, np.partition(scores, cut, axis=0)[cut])
+    rows, picked = np.nonzero(scores >= floor)
+    self._candidates.append((columns[picked], scores[rows, picked].astype(np.float64),
+                             rows + first))
+    self._num_candidates += len(rows)
+    # Until every list is full, thresholds are unknown: merge as soon as the candidates
+    # outnumber the kept pairs (each pair is then merged a logarithmic number of times).
+    filling = not np.all(np.isfinite(self._threshold))
+    if self._num_candidates >= (len(self._kept[0]) if filling else self._capacity):
+      self._merge_candidates()
 
   def _index_videos(self, video_ids) -> np.ndarray:
     """Video index of each segment; consecutive segments of one video share an index."""
@@ -410,7 +434,8 @@ class ClassTopLists:
       self._segment_video, self._segment_start = [self._segment_table[0]], [
           self._segment_table[1]]
     videos, starts = self._segment_table
-    return segment_ids([self._video_ids[v] for v in videos[segments]], starts[segments])
+    return segment_ids([self._video_ids[v] for v in videos[segments].tolist()],
+                       starts[segments].tolist())
 
   def _merge_candidates(self):
     columns = [np.concatenate([kept] + [c[i] for c in self._candidates])
