@@ -1,8 +1,8 @@
 """Segment-rated data (--segment_labels): the reader, the loss weights, the metrics against
 plain-Python references, the bounded per-class top lists, the submission and its merge, and
 train -> eval -> inference on generated data."""
-import csv
 import os
+import re
 import tracemalloc
 
 import numpy as np
@@ -363,3 +363,177 @@ def test_top_lists_memory_is_bounded_where_the_score_matrix_would_not_fit():
   for c, ids, scores in result:
     best = sorted(expected[c])[:max_pred]
     assert ids == [i for _, i in best] and scores == [-s for s, _ in best]
+
+
+# ----------------------------------------------------------------------------------------------
+# The submission, its parts and the class ids file.
+
+
+def write_part(path, rows):
+  top = [(c, [i.encode() for i in ids], scores) for c, ids, scores in rows]
+  segments.write_top_lists(str(path), top, with_scores=True)
+  return str(path)
+
+
+def test_parts_merge_by_score_then_segment_id_and_cut_at_max_pred(tmp_path):
+  first = write_part(tmp_path / "p0", [(2, ["a:5", "b:0"], [0.9, 0.25]), (7, [], [])])
+  second = write_part(tmp_path / "p1", [(2, ["c:10", "a:0", "d:0"], [0.5, 0.25, 0.1]),
+                                        (7, ["c:0"], [1 / 3])])
+  assert open(second, "rb").read() == (b"Class,SegmentScorePairs\n2,c:10 0.5 a:0 0.25 d:0 0.1\n"
+                                       b"7,c:0 0.3333333333333333\n")
+  merged = str(tmp_path / "merged.csv")
+  segments.merge_parts(merged, [first, second], 4)
+  # 0.25 twice: a:0 before b:0.
+  assert open(merged, "rb").read() == b"Class,Segments\n2,a:5 c:10 a:0 b:0\n7,c:0\n"
+  assert segments.is_segment_part(first) and not segments.is_segment_part(merged)
+
+
+def test_merge_errors(tmp_path):
+  first = write_part(tmp_path / "p0", [(2, ["a:5"], [0.9]), (3, ["a:5"], [0.9])])
+  other_classes = write_part(tmp_path / "p1", [(2, ["b:5"], [0.9]), (4, ["b:5"], [0.9])])
+  short = write_part(tmp_path / "p2", [(2, ["b:5"], [0.9])])
+  out = str(tmp_path / "out.csv")
+  with pytest.raises(ValueError, match="line 3 of the parts holds different classes .3, 4."):
+    segments.merge_parts(out, [first, other_classes], 10)
+  with pytest.raises(ValueError, match="p2 ends before the other parts"):
+    segments.merge_parts(out, [first, short], 10)
+  with pytest.raises(ValueError, match="out.csv: not a segment inference part"):
+    segments.write_top_lists(out, [], with_scores=False)
+    segments.merge_parts(str(tmp_path / "x.csv"), [out], 10)
+  assert not os.path.exists(str(tmp_path / "x.csv"))
+
+
+def test_class_ids_file(tmp_path):
+  path = tmp_path / "ids.csv"
+  path.write_text("Index\n3\n\n7\n3\n0\n")
+  assert segments.read_class_ids(str(path), 10) == [0, 3, 7]
+  for text, problem in (("3\nx\n", "line 2: 'x' is not a class id"),
+                        ("3\n10\n", "line 2: class 10 is outside [0, 10)"),
+                        ("Index\n", "holds no class id")):
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+      segments.read_class_ids(str(path), 10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Train -> eval -> inference on generated segment-rated data.
+
+NUM_CLASSES = 6
+SMALL_MODEL = dict(model="NetVLADModelLF", feature_names=("rgb", "audio"),
+                   feature_sizes=(1024, 128), frame_features=True, num_classes=NUM_CLASSES,
+                   netvlad_cluster_size=4, netvlad_hidden_size=16, iterations=30)
+
+
+@pytest.fixture(scope="module")
+def segment_data(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("segments"))
+  for partition, count in (("train", 160), ("validate", 60)):
+    make_synthetic_data.generate_partition(
+        directory, partition, num_videos=count, num_shards=2, num_classes=NUM_CLASSES, seed=0,
+        min_frames=15, max_frames_gen=45, segment_labels=True)
+  return directory
+
+
+def train(train_dir, data_dir, **overrides):
+  values = dict(train_dir=train_dir, data_pattern=os.path.join(data_dir, "train*.tfrecord"),
+                batch_size=32, num_readers=2, max_steps=3, base_learning_rate=0.01,
+                bn_calibration_batches=2, export_model_steps=0, log_steps=10, seed=1,
+                jit_compile="false", segment_labels=True)
+  values.update(overrides)
+  trainer = training.Trainer(models.ModelConfig(**SMALL_MODEL), training.TrainOptions(**values),
+                             tf.distribute.get_strategy())
+  trainer.run()
+  return trainer
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory, segment_data):
+  """A video-level model (3 steps on the videos' labels), fine-tuned on segments."""
+  video_dir = str(tmp_path_factory.mktemp("video_level"))
+  train(video_dir, segment_data, segment_labels=False, bn_calibration_batches=0)
+  segment_dir = str(tmp_path_factory.mktemp("segment_level"))
+  trainer = train(segment_dir, segment_data, init_from_checkpoint=video_dir, max_steps=80)
+  return video_dir, segment_dir, trainer
+
+
+def read_truth(data_dir, partition):
+  return make_synthetic_data.load_segment_ground_truth(
+      make_synthetic_data.segment_ground_truth_path(data_dir, partition))
+
+
+def map_from_submission(path, truth):
+  """The challenge's metric from a Class,Segments file, in plain Python: per class, walk its
+  segments in order, keep the rated ones, sum the precision at each positive, divide by the
+  class's positives; the mean over the classes that have a positive."""
+  positives = {}
+  for (_, c), score in truth.items():
+    positives[c] = positives.get(c, 0) + (score > 0)
+  aps = []
+  with open(path) as f:
+    assert f.readline() == "Class,Segments\n"
+    for line in f:
+      c, listed = line.rstrip("\n").split(",")
+      if not positives.get(int(c)):
+        continue
+      hits, rank, total = 0, 0, 0.0
+      for segment in listed.split(" "):
+        if (segment, int(c)) in truth:
+          rank += 1
+          if truth[segment, int(c)] > 0:
+            hits += 1
+            total += hits / rank
+      aps.append(total / positives[int(c)])
+  return sum(aps) / len(aps)
+
+
+def chance_map(truth, draws=200):
+  """The expected segment MAP of random scores (the rated segments in a random order)."""
+  rng = np.random.default_rng(0)
+  by_class = {}
+  for (_, c), score in truth.items():
+    by_class.setdefault(c, []).append(score > 0)
+  maps = []
+  for _ in range(draws):
+    aps = []
+    for labels in by_class.values():
+      if any(labels):
+        ranked = rng.permutation(np.array(labels))
+        hits = np.cumsum(ranked)
+        aps.append(np.sum(hits[ranked] / (np.flatnonzero(ranked) + 1.0)) / hits[-1])
+    maps.append(np.mean(aps))
+  return float(np.mean(maps))
+
+
+def test_fine_tuned_on_segments_eval_agrees_with_the_submission_and_beats_chance(
+    fine_tuned, segment_data, tmp_path):
+  import checkpoint_utils
+  _, segment_dir, trainer = fine_tuned
+  assert trainer.step == 80
+  model, config, _ = checkpoint_utils.load_trained_model(
+      segment_dir, -1, models.ModelConfig(**SMALL_MODEL), [])
+  pattern = os.path.join(segment_data, "validate*.tfrecord")
+  results = segments.evaluate(model, config, pattern, 64, 2, 5, 100000)
+  truth = read_truth(segment_data, "validate")
+  assert results["num_rated_pairs"] == len(truth)
+  chance = chance_map(truth)
+  assert results["segment_map"] > chance + 0.25, (results["segment_map"], chance)
+  submission = str(tmp_path / "segments.csv")
+  segments.predict(model, config, pattern, submission, 64, 2, 5, list(range(NUM_CLASSES)),
+                   100000)
+  assert map_from_submission(submission, truth) == pytest.approx(results["segment_map"],
+                                                                 abs=1e-12)
+  # A sharded run, merged, writes the same bytes as one run.
+  parts = [str(tmp_path / ("part%d" % i)) for i in range(2)]
+  for i, part in enumerate(parts):
+    segments.predict(model, config, pattern, part, 64, 2, 5, list(range(NUM_CLASSES)), 100000,
+                     task_index=i, num_tasks=2)
+  merged = str(tmp_path / "merged.csv")
+  segments.merge_parts(merged, parts, 100000)
+  with open(submission, "rb") as a, open(merged, "rb") as b:
+    assert a.read() == b.read()
+
+
+def test_resuming_a_video_level_train_dir_on_segments(fine_tuned, segment_data):
+  video_dir, _, _ = fine_tuned
+  trainer = train(video_dir, segment_data, max_steps=5, bn_calibration_batches=0)
+  assert trainer.step == 5 and os.path.exists(os.path.join(video_dir, "model.ckpt-5.index"))
