@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+import fileio
 import losses
 import readers
 import utils
@@ -511,7 +512,7 @@ def format_rows(top_lists, with_scores: bool) -> Iterable[bytes]:
 
 
 def write_top_lists(output_file: str, top_lists, with_scores: bool):
-  with utils.atomic_output(output_file, "wb") as out:
+  with fileio.atomic_output(output_file, "wb") as out:
     out.write(PART_HEADER if with_scores else SUBMISSION_HEADER)
     for line in format_rows(top_lists, with_scores):
       out.write(line)
@@ -543,7 +544,7 @@ def merge_parts(output_file: str, parts: Sequence[str], max_pred: int):
       if f.readline() != PART_HEADER:
         raise utils.InputError("%s: not a segment inference part (its header is not %s)" % (
             part, PART_HEADER.decode().strip()))
-    with utils.atomic_output(output_file, "wb") as out:
+    with fileio.atomic_output(output_file, "wb") as out:
       out.write(SUBMISSION_HEADER)
       for number, lines in enumerate(_lines_in_step(parts, files), 2):
         rows = [_parse_scored_row(line, part, number) for part, line in zip(parts, lines)]
