@@ -202,20 +202,25 @@ def test_output_header_and_line_format(tmp_path):
   assert text == "VideoId,LabelConfidencePairs\nx,0 1.000000 4715 0.500000\n"
 
 
-def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scores", [
+    ["%.6f", "0.500000", "0.25", "1e-3"],  # "%.6f": a random one; the others make ties common
+    ["1e16", "-1e16", "1", "0.5", "3"],  # sums that cancel: the summation order shows
+])
+def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypatch, scores):
   # Small ranges and blocks so that both the parsing and the blending cross their boundaries.
-  # Scores from a small set make ties common, within an input and created by the blend.
+  # Ties within an input and created by the blend, and sums that depend on their order.
   monkeypatch.setattr(submission_csv, "RANGE_BYTES", 250)
   monkeypatch.setattr(file_averaging, "BLEND_BLOCK_CELLS", 3 * 24)
   rng = random.Random(7)
   videos = ["%04d" % i for i in range(40)] + ["id_%d" % i for i in range(20)]
   inputs = []
-  for number, weight in enumerate([1.0, 0.5, 2.0, 0.0]):
+  for number, weight in enumerate([1.0, 0.5, 2.0, 0.0, 1.0]):
     rows = []
     for video in rng.sample(videos, 45):
       labels = rng.sample(range(30), rng.choice([0, 1, 3, 8]) if number == 1 else 8)
-      scores = [rng.choice(["%.6f" % rng.random(), "0.500000", "0.25", "1e-3"]) for _ in labels]
-      rows.append(video + "," + " ".join("%d %s" % p for p in zip(labels, scores)))
+      row_scores = [token % rng.random() if token.startswith("%") else token
+                    for token in (rng.choice(scores) for _ in labels)]
+      rows.append(video + "," + " ".join("%d %s" % p for p in zip(labels, row_scores)))
     inputs.append((write_csv(tmp_path, "in%d.csv" % number, rows), weight))
   for top_k in (1, 5, 40):
     for workers in (1, 2):
