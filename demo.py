@@ -1,18 +1,23 @@
 """`make demo`: the whole WILLOW pipeline, scaled down, on generated YouTube-8M-format data.
 
-1. Generates learnable train / validate / test partitions (make_synthetic_data.py).
+1. Generates learnable train / validate / holdout / test partitions (make_synthetic_data.py).
+   The README's training glob `*a*??.tfrecord` matches `validate*` too (WILLOW trained on most
+   of the validation set): `holdout*`, which no training glob matches, is the held-out set.
 2. Trains the seven configurations of the original README with their own command lines,
    scaled down (readme_configs.DEMO_SCALE; the scaled lines are printed).
-3. Evaluates each on the validation partition (eval.py --run_once).
-4. Writes each model's top-50 test predictions under the original README's file names
-   (inference.py --top_k=50).
-5. Blends them into WILLOW_submission.csv (file_averaging.py) and scores the blend against the
-   generated ground truth.
+3. Writes each model's top-50 predictions of the held-out videos (inference.py --top_k=50) and
+   scores them (eval.py --predictions_csv).
+4. Writes each model's top-50 test predictions under the original README's file names.
+5. Learns ensemble weights on the held-out predictions (fit_ensemble_weights.py), blends the
+   test predictions with equal weights into WILLOW_submission.csv and with the learned
+   weights into WILLOW_submission_learned.csv (file_averaging.py), and scores each model and
+   both blends against the test partition's generated labels.
 
   python demo.py [--output_dir=demo_output] [--quick] [--models=netvlad,lstm]
       [--train_flags="--mixed_precision=bf16"]
 """
 import argparse
+import fnmatch
 import os
 import re
 import shlex
@@ -22,14 +27,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-
-import eval_util
+import file_averaging
 import make_synthetic_data
+from willow import prediction_metrics
 from willow import readme_configs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NUM_CLASSES = 100  # at least the README's --top_k=50
+HELD_OUT = "holdout"  # a partition name without an "a": the training glob *a*??.tfrecord
+EQUAL_SUBMISSION = "WILLOW_submission.csv"
+LEARNED_SUBMISSION = "WILLOW_submission_learned.csv"
 
 
 def run(args, log_path, cwd):
@@ -47,16 +54,34 @@ def run(args, log_path, cwd):
   return text
 
 
-def generate_data(data_dir, videos, quick):
+def training_glob() -> str:
+  """The file-name part of the README's --train_data_pattern (the same for all seven)."""
+  willow = readme_configs.WILLOW_CONFIGS[0]
+  return os.path.basename(readme_configs.flag_value(willow.train_args, "train_data_pattern"))
+
+
+def generate_data(data_dir, videos):
   print("[1/5] generating YouTube-8M-format data in %s" % data_dir, flush=True)
+  glob = training_glob()
   truth = {}
+  evaluation_videos = max(videos // 4, 64)
   for partition, count, shards, labels in ([
-      ("train", videos, 4, True), ("validate", max(videos // 4, 64), 2, True),
-      ("test", max(videos // 4, 64), 2, False)]):
+      ("train", videos, 4, True), ("validate", evaluation_videos, 2, True),
+      (HELD_OUT, evaluation_videos, 2, True), ("test", evaluation_videos, 2, False)]):
     truth[partition] = make_synthetic_data.generate_partition(
         data_dir, partition, num_videos=count, num_shards=shards, num_classes=NUM_CLASSES,
         seed=0, with_labels=labels)  # one seed: shared class prototypes
-    print("  %-8s %5d videos in %d shards" % (partition, count, shards), flush=True)
+    trained_on = fnmatch.fnmatch(os.path.basename(
+        make_synthetic_data.shard_path(data_dir, partition, 0)), glob)
+    use = {"train": "trained on", "validate": "trained on too (as WILLOW did)",
+           HELD_OUT: "held out: models are scored and weights learned here",
+           "test": "the submission's videos, scored against the generated labels"}[partition]
+    print("  %-8s %5d videos in %d shards, %s the training glob %s: %s" % (
+        partition, count, shards, "matched by" if trained_on else "not matched by", glob, use),
+          flush=True)
+    if trained_on != (partition in ("train", "validate")):
+      sys.exit("demo: the training glob %s %s %s*" % (
+          glob, "matches" if trained_on else "does not match", partition))
   return truth
 
 
@@ -80,8 +105,9 @@ def scaled_commands(willow, data_dir, quick):
   return ["train.py"] + train, ["inference.py"] + inference
 
 
-def validation_gap(log_text):
-  match = re.search(r"GAP: ([0-9.]+)", log_text)
+def reported_gap(log_text):
+  """The GAP that eval.py --predictions_csv printed."""
+  match = re.search(r"GAP@\d+: ([0-9.]+)", log_text)
   return float(match.group(1)) if match else float("nan")
 
 
@@ -90,23 +116,23 @@ def parameter_count(log_text):
   return int(match.group(1).replace(",", "")) if match else 0
 
 
-def submission_gap(submission, truth, num_classes):
-  """GAP@20 of a submission CSV against {video_id: [labels]}."""
-  ids, predictions = [], []
-  with open(submission) as f:
-    next(f)
-    for line in f:
-      video_id, pairs = line.rstrip("\n").split(",", 1)
-      tokens = pairs.split()
-      row = np.zeros(num_classes)
-      for label, score in zip(tokens[::2], tokens[1::2]):
-        row[int(label)] = float(score)
-      ids.append(video_id)
-      predictions.append(row)
-  labels = np.zeros((len(ids), num_classes))
-  for i, video_id in enumerate(ids):
-    labels[i, truth[video_id]] = 1
-  return eval_util.calculate_gap(np.array(predictions), labels, top_k=20), len(ids)
+def test_gap(csv_path, truth_csv):
+  """GAP@20 of a predictions CSV against the test partition's ground-truth CSV."""
+  labels = prediction_metrics.read_labels_csv(truth_csv, NUM_CLASSES)
+  parsed = file_averaging.parse_prediction_file(csv_path, NUM_CLASSES)
+  return prediction_metrics.score_predictions(parsed, labels, NUM_CLASSES, 20)["gap"]
+
+
+def held_out_args(inference, willow, data_dir):
+  """The model's inference line pointed at the held-out partition."""
+  args = readme_configs.with_flag(inference, "input_data_pattern",
+                                  "%s/%s*.tfrecord" % (data_dir, HELD_OUT))
+  return readme_configs.with_flag(args, "output_file", held_out_csv(willow))
+
+
+def held_out_csv(willow):
+  """test-<name>.csv -> holdout-<name>.csv"""
+  return HELD_OUT + "-" + willow.inference_output.split("-", 1)[1]
 
 
 def main():
@@ -123,7 +149,7 @@ def main():
   out = os.path.abspath(args.output_dir)
   data_dir, logs = os.path.join(out, "features"), os.path.join(out, "logs")
   os.makedirs(logs, exist_ok=True)
-  truth = generate_data(data_dir, args.videos, args.quick)
+  truth = generate_data(data_dir, args.videos)
   chosen = [c for c in readme_configs.WILLOW_CONFIGS
             if not args.models or c.key in args.models.split(",")]
   rows = []
@@ -135,23 +161,47 @@ def main():
     started = time.time()
     log = run(train, os.path.join(logs, willow.key + "-train.log"), out)
     print("  trained in %.0f s" % (time.time() - started), flush=True)
-    params = parameter_count(log)
-    evaluation = ["eval.py", "--train_dir=" + willow.train_dir, "--run_once=True",
-                  "--eval_data_pattern=%s/validate*.tfrecord" % data_dir, "--batch_size=256"]
-    gap = validation_gap(run(evaluation, os.path.join(logs, willow.key + "-eval.log"), out))
+    held_out = held_out_args(inference, willow, data_dir)
+    run(held_out, os.path.join(logs, willow.key + "-inference-%s.log" % HELD_OUT), out)
+    scoring = ["eval.py", "--predictions_csv=" + readme_configs.flag_value(held_out, "output_file"),
+               "--eval_data_pattern=%s/%s*.tfrecord" % (data_dir, HELD_OUT),
+               "--num_classes=%d" % NUM_CLASSES]
+    gap = reported_gap(run(scoring, os.path.join(logs, willow.key + "-eval.log"), out))
     run(inference, os.path.join(logs, willow.key + "-inference.log"), out)
-    rows.append((willow.title, params, gap))
-  print("[5/5] averaging the predictions into WILLOW_submission.csv", flush=True)
-  inputs = ",".join(c.inference_output for c in chosen)
-  run(["file_averaging.py", "--inputs=" + inputs, "--num_classes=%d" % NUM_CLASSES],
-      os.path.join(logs, "file_averaging.log"), out)
-  ensemble_gap, videos = submission_gap(os.path.join(out, "WILLOW_submission.csv"),
-                                        truth["test"], NUM_CLASSES)
-  print("\n%-34s %12s %16s" % ("model", "parameters", "validation GAP"))
-  for title, params, gap in rows:
-    print("%-34s %12s %16.4f" % (title, "{:,}".format(params), gap))
-  print("%-34s %12s %16.4f   (test, %d videos, against the generated labels)" % (
-      "ensemble (WILLOW_submission.csv)", "", ensemble_gap, videos))
+    rows.append((willow.title, parameter_count(log), gap,
+                 test_gap(os.path.join(out, willow.inference_output),
+                          make_synthetic_data.ground_truth_path(data_dir, "test"))))
+  print("[5/5] learning ensemble weights on the held-out predictions, blending the test "
+        "predictions", flush=True)
+  held_out_inputs = ",".join(held_out_csv(c) for c in chosen)
+  fit_log = run(["fit_ensemble_weights.py", "--inputs=" + held_out_inputs,
+                 "--eval_data_pattern=%s/%s*.tfrecord" % (data_dir, HELD_OUT),
+                 "--num_classes=%d" % NUM_CLASSES, "--output_file=ensemble_weights.json"],
+                os.path.join(logs, "fit_ensemble_weights.log"), out)
+  print("\n".join("    " + line for line in fit_log.splitlines()
+                   if not line.startswith(("I0000", "W0000", "WARNING: All log"))), flush=True)
+  weights = re.search(r"^weights=(\S+)$", fit_log, re.M).group(1).split(",")
+  blends = []
+  for name, submission, inputs in (
+      ("equal weights", EQUAL_SUBMISSION, [c.inference_output for c in chosen]),
+      ("learned weights", LEARNED_SUBMISSION,
+       ["%s=%s" % (c.inference_output, w) for c, w in zip(chosen, weights)])):
+    run(["file_averaging.py", "--inputs=" + ",".join(inputs), "--output_file=" + submission,
+         "--num_classes=%d" % NUM_CLASSES],
+        os.path.join(logs, "file_averaging-%s.log" % name.split()[0]), out)
+    blends.append((name, submission, test_gap(
+        os.path.join(out, submission), make_synthetic_data.ground_truth_path(data_dir, "test"))))
+  print("\nGAP@20 on videos no model was trained on (%d %s videos; %d test videos, against the "
+        "generated labels):" % (len(truth[HELD_OUT]), HELD_OUT, len(truth["test"])))
+  print("%-34s %12s %12s %10s" % ("model", "parameters", HELD_OUT + " GAP", "test GAP"))
+  for title, params, gap, test in rows:
+    print("%-34s %12s %12.4f %10.4f" % (title, "{:,}".format(params), gap, test))
+  for name, submission, gap in blends:
+    print("%-34s %12s %12s %10.4f" % ("ensemble, %s" % name, "", "", gap)
+          + "   (%s)" % submission)
+  best = max(row[3] for row in rows)
+  print("the learned-weight ensemble %s the best single model on the test videos (%.4f vs %.4f)"
+        % ("beats" if blends[1][2] > best else "does not beat", blends[1][2], best))
   print("\ndemo finished in %.1f min; outputs in %s" % ((time.time() - start) / 60, out))
 
 

@@ -5,6 +5,13 @@ writes them as TensorBoard scalars in train_dir. Without --run_once it waits for
 checkpoint (sleeping --eval_interval_secs between checks, where the original busy-looped) and
 restores it into the model built for the first one (the original rebuilt its graph each time).
 The model runs in inference mode: moving batch-norm statistics, deterministic frame sampling.
+
+With --predictions_csv=P.csv it scores a predictions CSV instead (inference.py's or
+file_averaging.py's): GAP@top_k, MAP and hit@1 against the labels of --eval_data_pattern's
+records, of which only the ids and labels are read (no model, no feature flags).
+
+With --segment_labels (segment-rated records) it reports the segment MAP of the 2019 challenge
+and the GAP over rated pairs instead (willow/segments.py, docs/segments.md).
 """
 import time
 
@@ -15,12 +22,15 @@ from absl import flags
 from absl import logging
 
 import eval_util
+import file_averaging
 import losses
 import readers
 import utils
 from willow import checkpoints
 from willow import configuration
+from willow import prediction_metrics
 from willow import script_flags
+from willow import segments
 
 FLAGS = flags.FLAGS
 
@@ -97,9 +107,29 @@ def new_checkpoints(train_dir, check_point=-1, run_once=False, interval_secs=60,
     sleep(interval_secs)
 
 
+def score_predictions_csv(path, data_pattern, num_classes, top_k):
+  """Prints GAP@top_k, MAP and hit@1 of a predictions CSV against the labels in the records
+  of data_pattern (only their ids and labels are read); returns them."""
+  labels = readers.read_video_labels(data_pattern, num_classes)
+  predictions = file_averaging.parse_prediction_file(path, num_classes)
+  results = prediction_metrics.score_predictions(predictions, labels, num_classes, top_k,
+                                                 data_pattern)
+  print("GAP@%d: %.4f | MAP: %.4f | hit@1: %.4f | %d videos (%s against %s)" % (
+      top_k, results["gap"], results["map"], results["hit_at_one"], results["num_videos"],
+      path, data_pattern))
+  if results["num_unpredicted"]:
+    print("%d labelled videos have no predictions in %s: counted as misses"
+          % (results["num_unpredicted"], path))
+  return results
+
+
 def main(unused_argv):
   logging.set_verbosity(logging.INFO)
   script_flags.require_flags("eval_data_pattern")
+  if FLAGS.predictions_csv:
+    score_predictions_csv(FLAGS.predictions_csv, FLAGS.eval_data_pattern, FLAGS.num_classes,
+                          FLAGS.top_k)
+    return
   readers.match_files(FLAGS.eval_data_pattern)
   requested = script_flags.model_config_from_flags()
   explicit = script_flags.explicit_model_flags()
@@ -110,11 +140,19 @@ def main(unused_argv):
     if model is None:  # built and traced once, then each new checkpoint is restored into it
       config = configuration.config_to_restore(FLAGS.train_dir, requested, explicit)
       model = checkpoints.build_model_to_restore(config, FLAGS.inference_precision)
-      predict = prediction_function(model, FLAGS.label_loss, FLAGS.alpha)
+      predict = (segments.prediction_function if FLAGS.segment_labels else
+                 prediction_function)(model, FLAGS.label_loss, FLAGS.alpha)
     checkpoints.restore_trained_weights(model, config, path)
-    evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
-             FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, checkpoints.checkpoint_step(path),
-             writer, predict)
+    step = checkpoints.checkpoint_step(path)
+    if FLAGS.segment_labels:
+      class_ids = (segments.read_class_ids(FLAGS.segment_label_ids_file, config.num_classes)
+                   if FLAGS.segment_label_ids_file else None)
+      segments.evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size,
+                        FLAGS.num_readers, FLAGS.segment_size, FLAGS.segment_max_pred,
+                        class_ids, FLAGS.label_loss, FLAGS.alpha, step, writer, predict)
+    else:
+      evaluate(model, config, FLAGS.eval_data_pattern, FLAGS.batch_size, FLAGS.num_readers,
+               FLAGS.top_k, FLAGS.label_loss, FLAGS.alpha, step, writer, predict)
 
 
 if __name__ == "__main__":

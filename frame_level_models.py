@@ -81,8 +81,8 @@ class ClusterModel(BaseModel):
 
   def forward(self, model_input, num_frames, training: bool):
     c = self.config
-    frames = sample_frames(model_input, num_frames, c.iterations, training,
-                           c.sample_random_frames)
+    num_samples, random_frames = self.frame_sampling()
+    frames = sample_frames(model_input, num_frames, num_samples, training, random_frames)
     frames = normalize_each_frame(self.input_norm, frames, training)
     features = tf.split(frames, list(c.feature_sizes), axis=2)
     h = tf.concat([pool(x, training) for pool, x in zip(self.poolings, features)], axis=1)
@@ -200,8 +200,8 @@ class DbofModel(BaseModel):
 
   def forward(self, model_input, num_frames, training: bool):
     c = self.config
-    frames = sample_frames(model_input, num_frames, c.iterations, training,
-                           c.sample_random_frames)
+    num_samples, random_frames = self.frame_sampling()
+    frames = sample_frames(model_input, num_frames, num_samples, training, random_frames)
     frames = normalize_each_frame(self.input_norm, frames, training)
     activations = tf.nn.relu6(self.clusters(frames, training))
     pooled = utils.FramePooling(activations, c.dbof_pooling_method)
@@ -245,7 +245,7 @@ class RecurrentModel(BaseModel):
   def forward(self, model_input, num_frames, training: bool):
     frames = model_input
     if self.random_sequence:
-      frames = sample_frames(frames, num_frames, self.config.iterations, training)
+      frames = sample_frames(frames, num_frames, self.frame_sampling()[0], training)
     # The original kept the reader's count as sequence length even after subsampling.
     lengths = tf.minimum(num_frames, tf.shape(frames)[1])
     if self.backward:

@@ -8,6 +8,10 @@ sampling), unlike the original's. The file is written under a temporary name and
 complete. With --num_tasks=N --task_index=i (or a TF_CONFIG task) the input files are split
 in N parts and this process writes part i; `python inference.py --merge_parts ...` joins them
 once all N are there. Video ids are written byte for byte, UTF-8 or not.
+
+With --segment_labels it scores every --segment_size-frame segment instead and writes the 2019
+challenge's `Class,Segments` file (willow/segments.py, docs/segments.md); parts of a sharded
+run keep the scores, so that --merge_parts ranks them together.
 """
 import glob
 import re
@@ -25,23 +29,10 @@ from willow import configuration
 from willow import distribution
 from willow import fileio
 from willow import script_flags
+from willow import segments
+from willow import submission_csv
 
 FLAGS = flags.FLAGS
-
-HEADER = b"VideoId,LabelConfidencePairs\n"
-
-
-def format_rows(video_ids, classes, scores) -> bytes:
-  """CSV lines for a batch: ids [B] bytes, classes/scores [B, k] sorted by score.
-
-  Ids are copied as bytes: one that is not UTF-8 (a corrupt record) must not end a long run.
-  """
-  lines = []
-  for video_id, row_classes, row_scores in zip(video_ids, classes, scores):
-    pairs = b" ".join(b"%d %f" % pair for pair in zip(row_classes.tolist(), row_scores.tolist()))
-    lines.append(b"%s,%s\n" % (video_id, pairs))
-  return b"".join(lines)
-
 
 # XLA's CPU matrix product runs a contraction this long or longer slower than TensorFlow's own
 # kernel (BENCHMARKS.md): the hidden layer of the full-size VLAD / FV models (278528 inputs).
@@ -108,11 +99,13 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
   predict = make_predict_fn(model, top_k, jit_compile)
   start, count = time.time(), 0
   with fileio.atomic_output(output_file, "wb") as out:
-    out.write(HEADER)
+    out.write(submission_csv.HEADER_LINE)
     try:
       for batch in dataset:
         scores, classes = predict(batch["video_matrix"], batch["num_frames"])
-        out.write(format_rows(batch["video_ids"].numpy(), classes.numpy(), scores.numpy()))
+        # Ids are copied as bytes: one that is not UTF-8 (a corrupt record) must not end a run.
+        out.write(submission_csv.format_rows(batch["video_ids"].numpy(), classes.numpy(),
+                                             scores.numpy()))
         count += int(scores.shape[0])
         elapsed = time.time() - start
         logging.info("%d videos written | %.1f videos/s", count, count / max(elapsed, 1e-9))
@@ -125,10 +118,10 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
 def merge_parts(output_file: str, parts):
   """Concatenates part CSVs (each with its header) into output_file, in part order."""
   with fileio.atomic_output(output_file, "wb") as out:
-    out.write(HEADER)
+    out.write(submission_csv.HEADER_LINE)
     for part in parts:
       with open(part, "rb") as f:
-        if f.readline() != HEADER:
+        if f.readline() != submission_csv.HEADER_LINE:
           raise utils.InputError("%s: not an inference CSV part (bad header)" % part)
         for line in f:
           out.write(line)
@@ -163,7 +156,10 @@ def main(unused_argv):
   script_flags.require_flags("output_file")
   if FLAGS.merge_parts:
     parts = complete_parts(FLAGS.output_file)
-    merge_parts(FLAGS.output_file, parts)
+    if segments.is_segment_part(parts[0]):
+      segments.merge_parts(FLAGS.output_file, parts, FLAGS.segment_max_pred)
+    else:
+      merge_parts(FLAGS.output_file, parts)
     logging.info("merged %d parts into %s", len(parts), FLAGS.output_file)
     return
   script_flags.require_flags("input_data_pattern")
@@ -171,7 +167,7 @@ def main(unused_argv):
   model, config, path = configuration.load_trained_model(
       FLAGS.train_dir, FLAGS.check_point, script_flags.model_config_from_flags(),
       script_flags.explicit_model_flags(), FLAGS.inference_precision)
-  if FLAGS.top_k > config.num_classes:
+  if FLAGS.top_k > config.num_classes and not FLAGS.segment_labels:
     raise utils.InputError("--top_k=%d exceeds the model's %d classes" % (FLAGS.top_k,
                                                                        config.num_classes))
   task_index, num_tasks = task_split(FLAGS.task_index, FLAGS.num_tasks)
@@ -179,6 +175,13 @@ def main(unused_argv):
   use_xla = inference_uses_xla(FLAGS.jit_compile, FLAGS.inference_precision, model)
   logging.info("forward pass %s XLA (--jit_compile=%s, --inference_precision=%s)",
                "with" if use_xla else "without", FLAGS.jit_compile, FLAGS.inference_precision)
+  if FLAGS.segment_labels:
+    class_ids = (segments.read_class_ids(FLAGS.segment_label_ids_file, config.num_classes)
+                 if FLAGS.segment_label_ids_file else list(range(config.num_classes)))
+    segments.predict(model, config, FLAGS.input_data_pattern, output_file, FLAGS.batch_size,
+                     FLAGS.num_readers, FLAGS.segment_size, class_ids, FLAGS.segment_max_pred,
+                     task_index, num_tasks, FLAGS.skip_corrupt_records, use_xla)
+    return
   run_inference(model, config, FLAGS.input_data_pattern, output_file, FLAGS.batch_size,
                 FLAGS.top_k, FLAGS.num_readers, task_index, num_tasks,
                 FLAGS.skip_corrupt_records, use_xla)

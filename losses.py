@@ -1,7 +1,9 @@
 """Losses on predicted probabilities, selectable with --label_loss (the original's losses.py).
 
 All take predictions in [0, 1] (the models expose probabilities, not logits) and float labels
-[B, V] and return the mean over the batch of a per-video loss.
+[B, V] and return the mean over the batch of a per-video loss. Optional label_weights [B, V]
+(segment-rated data: 1 for the rated classes of a segment, 0 for the unknown others) weigh
+each class's term, so that unrated classes are not pushed towards 0.
 """
 import tensorflow as tf
 
@@ -23,12 +25,18 @@ class CrossEntropyLoss(BaseLoss):
   def __init__(self, alpha: float = 0.5):
     self.alpha = float(alpha)
 
-  def calculate_loss(self, predictions, labels, **unused_params):
+  def calculate_loss(self, predictions, labels, label_weights=None, **unused_params):
     epsilon = 1e-5
     labels = tf.cast(labels, predictions.dtype)
     cross_entropy = (self.alpha * labels * tf.math.log(predictions + epsilon)
                      + (1 - self.alpha) * (1 - labels) * tf.math.log(1 - predictions + epsilon))
-    return tf.reduce_mean(tf.reduce_sum(-2 * cross_entropy, axis=1))
+    return tf.reduce_mean(tf.reduce_sum(-2 * _weighted(cross_entropy, label_weights), axis=1))
+
+
+def _weighted(per_class, label_weights):
+  if label_weights is None:
+    return per_class
+  return per_class * tf.cast(label_weights, per_class.dtype)
 
 
 class HingeLoss(BaseLoss):
@@ -37,18 +45,24 @@ class HingeLoss(BaseLoss):
   def __init__(self, b: float = 1.0):
     self.b = float(b)
 
-  def calculate_loss(self, predictions, labels, **unused_params):
+  def calculate_loss(self, predictions, labels, label_weights=None, **unused_params):
     signed_labels = 2 * tf.cast(labels, predictions.dtype) - 1
     hinge = tf.maximum(0.0, self.b - signed_labels * predictions)
-    return tf.reduce_mean(tf.reduce_sum(hinge, axis=1))
+    return tf.reduce_mean(tf.reduce_sum(_weighted(hinge, label_weights), axis=1))
 
 
 class SoftmaxLoss(BaseLoss):
   """The starter code's softmax loss: cross entropy between the labels normalized to sum 1
-  and softmax(predictions) (the predictions taken as logits, as the starter did)."""
+  and softmax(predictions) (the predictions taken as logits, as the starter did). With label
+  weights, the softmax runs over the rated classes only."""
 
-  def calculate_loss(self, predictions, labels, **unused_params):
+  def calculate_loss(self, predictions, labels, label_weights=None, **unused_params):
     labels = tf.cast(labels, predictions.dtype)
+    if label_weights is not None:
+      rated = tf.cast(label_weights, predictions.dtype) > 0
+      labels = tf.where(rated, labels, tf.zeros([], labels.dtype))
+      # exp(-1e9) is an exact 0 in the softmax; a row without rated classes has no labels.
+      predictions = tf.where(rated, predictions, tf.constant(-1e9, predictions.dtype))
     label_sums = tf.maximum(tf.reduce_sum(labels, axis=1, keepdims=True), 1e-7)
     log_softmax = tf.nn.log_softmax(predictions)
     return tf.reduce_mean(-tf.reduce_sum(labels / label_sums * log_softmax, axis=1))

@@ -18,6 +18,15 @@ videos); each frame shows the prototype of one of the video's labels, chosen at 
 frame (or, with probability --background_fraction, none), plus Gaussian noise. A linear model
 on the mean frame separates the classes well but not perfectly.
 
+Segment-rated records (--segment_labels, the 2019 challenge's layout): each video is cut into
+--segment_size-frame segments, each of which shows one of the video's labels (all its frames)
+or, with probability --background_fraction, none, so a class is visible only in its segments.
+Up to --segment_ratings full segments per video are rated for a label of the video (score 1 if
+the segment shows it, else 0), a quarter of them for a second label as well; the records hold
+the ratings as context features segment_labels / segment_start_times / segment_end_times /
+segment_scores, and <partition>_segment_ground_truth.csv lists them (columns Segment,Class,Score
+with Segment = <video id>:<start frame>), for the test partition too.
+
 The output is a pure function of the flags: the same seed gives the same bytes. Class
 prototypes depend only on (seed, num_classes), so the partitions of one seed share them.
 
@@ -227,15 +236,20 @@ def _noise_pool(rng: np.random.Generator, noise_std: float, margin: int) -> np.n
   return np.clip(levels, margin, 255 - margin).astype(np.uint8)
 
 
-def _synthesize_frames(rng, labels, frame_counts, signals, noise_std, background_fraction):
+def _synthesize_frames(rng, labels, frame_counts, signals, noise_std, background_fraction,
+                       shown=None):
   """Quantized frames of a group of videos, concatenated: [sum(frame_counts), 1152] uint8.
 
   signals: _quantized_signals output (int16 class offsets, last row zero).
+  shown: the class each frame shows (num_classes: none), or None to draw it per frame.
   """
   num_classes = signals.shape[0] - 1
   pool = _noise_pool(rng, noise_std, margin=int(np.abs(signals).max()))
   offsets = signals.astype(np.uint8)  # two's complement: -3 -> 253
   total = int(frame_counts.sum())
+  if shown is not None:
+    noise_rows = rng.integers(0, _NOISE_POOL_FRAMES, size=total)
+    return np.add(pool[noise_rows], offsets[shown], dtype=np.uint8)
   video_of_frame = np.repeat(np.arange(len(labels)), frame_counts)
   max_labels = max(1, max((len(l) for l in labels), default=1))
   # Per frame: one of its video's labels at random, or the zero "background" row.
@@ -295,6 +309,51 @@ def write_ground_truth(path: str, ground_truth: Dict[str, List[int]]):
       writer.writerow([video_id, " ".join(str(l) for l in labels)])
 
 
+def segment_ground_truth_path(directory: str, partition: str) -> str:
+  return os.path.join(directory, "%s_segment_ground_truth.csv" % partition)
+
+
+def write_segment_ground_truth(path: str, ids: List[str], ratings):
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["Segment", "Class", "Score"])
+    for video_id, video_ratings in zip(ids, ratings):
+      for start, label, score in video_ratings:
+        writer.writerow(["%s:%d" % (video_id, start), label, "%.1f" % score])
+
+
+def load_segment_ground_truth(path: str) -> Dict[tuple, float]:
+  """Reads a <partition>_segment_ground_truth.csv into {(segment id, class): score}."""
+  with open(path, newline="") as f:
+    return {(row["Segment"], int(row["Class"])): float(row["Score"])
+            for row in csv.DictReader(f)}
+
+
+def segment_truth(rng: np.random.Generator, labels: List[List[int]], frame_counts: np.ndarray,
+                  num_classes: int, segment_size: int, background_fraction: float,
+                  ratings_per_video: int):
+  """(shown, ratings): per video, the class each segment shows (num_classes: none) and its
+  ratings [(start frame, class, score)] sorted by start, then class."""
+  shown, ratings = [], []
+  for video_labels, count in zip(labels, frame_counts):
+    num_segments = -(-int(count) // segment_size)
+    video_shown = np.asarray(video_labels)[rng.integers(0, len(video_labels),
+                                                        size=num_segments)]
+    video_shown[rng.random(num_segments) < background_fraction] = num_classes
+    full_segments = int(count) // segment_size
+    rated = rng.permutation(full_segments)[:ratings_per_video]
+    video_ratings = []
+    for segment in rated:
+      asked = rng.permutation(video_labels)
+      # A quarter of the rated segments are rated for a second label of the video too.
+      for label in asked[:1 + (len(asked) > 1 and rng.random() < 0.25)]:
+        video_ratings.append((int(segment) * segment_size, int(label),
+                              float(video_shown[segment] == label)))
+    shown.append(video_shown)
+    ratings.append(sorted(video_ratings))
+  return shown, ratings
+
+
 def load_ground_truth(path: str) -> Dict[str, List[int]]:
   """Reads a <partition>_ground_truth.csv back into {video id: sorted labels}."""
   with open(path, newline="") as f:
@@ -309,7 +368,9 @@ def generate_partition(output_dir: str, partition: str, num_videos: int, num_sha
                        min_frames: int = 10, max_frames_gen: int = 360,
                        signal_strength: float = 0.05, noise_std: float = 0.5,
                        background_fraction: float = 0.25, max_labels: int = 4,
-                       zipf_exponent: float = 0.8) -> Dict[str, List[int]]:
+                       zipf_exponent: float = 0.8, segment_labels: bool = False,
+                       segment_size: int = 5, segment_ratings: int = 5
+                       ) -> Dict[str, List[int]]:
   """Writes one partition's shards and ground truth; returns {video id: sorted labels}.
 
   Args:
@@ -330,6 +391,10 @@ def generate_partition(output_dir: str, partition: str, num_videos: int, num_sha
     background_fraction: probability that a frame shows no class.
     max_labels: labels per video are uniform in [1, max_labels].
     zipf_exponent: class c is drawn with probability proportional to 1 / (c + 1)^exponent.
+    segment_labels: segment-rated records (see the module docstring); their ratings are
+      written to <partition>_segment_ground_truth.csv as well.
+    segment_size: frames per segment.
+    segment_ratings: rated segments per video (at most; only full segments are rated).
 
   Returns:
     {video id: sorted label list} in record order (file order, then record order).
@@ -339,6 +404,9 @@ def generate_partition(output_dir: str, partition: str, num_videos: int, num_sha
   """
   _check_arguments(num_videos, num_shards, num_classes, id_key, min_frames, max_frames_gen,
                    max_labels, frame_level, video_level)
+  if segment_labels and (segment_size < 1 or segment_ratings < 0):
+    raise ValueError("need segment_size >= 1 and segment_ratings >= 0, got %d and %d"
+                     % (segment_size, segment_ratings))
   if with_labels is None:
     with_labels = partition != "test"
   if video_level_dir is None:
@@ -355,6 +423,12 @@ def generate_partition(output_dir: str, partition: str, num_videos: int, num_sha
       min_frames, max_frames_gen + 1, size=num_videos)
   frame_rng = np.random.default_rng([seed, code, 3])
   signals = _quantized_signals(num_classes, seed, signal_strength)
+  shown = ratings = None
+  if segment_labels:
+    shown, ratings = segment_truth(np.random.default_rng([seed, code, 4]), labels, frame_counts,
+                                   num_classes, segment_size, background_fraction,
+                                   segment_ratings)
+    shown = [np.repeat(s, segment_size)[:count] for s, count in zip(shown, frame_counts)]
   if np.abs(signals).max() > 100:
     raise ValueError("signal_strength %g is too large for the uint8 range" % signal_strength)
 
@@ -368,22 +442,29 @@ def generate_partition(output_dir: str, partition: str, num_videos: int, num_sha
     for start in range(0, len(members), _CHUNK_VIDEOS):
       chunk = members[start:start + _CHUNK_VIDEOS]
       _write_chunk(frame_rng, chunk, ids, labels, frame_counts, signals, noise_std,
-                   background_fraction, id_key, with_labels, frame_writer, video_writer)
+                   background_fraction, id_key, with_labels, frame_writer, video_writer,
+                   shown, ratings, segment_size)
     for writer in (frame_writer, video_writer):
       if writer is not None:
         writer.close()
 
   ground_truth = {ids[v]: labels[v] for v in range(num_videos)}
   write_ground_truth(ground_truth_path(output_dir, partition), ground_truth)
+  if segment_labels:
+    write_segment_ground_truth(segment_ground_truth_path(output_dir, partition), ids, ratings)
   return ground_truth
 
 
 def _write_chunk(rng, chunk, ids, labels, frame_counts, signals, noise_std, background_fraction,
-                 id_key, with_labels, frame_writer, video_writer):
-  """Synthesizes and writes the records of the videos `chunk` (indices)."""
+                 id_key, with_labels, frame_writer, video_writer, shown=None, ratings=None,
+                 segment_size=5):
+  """Synthesizes and writes the records of the videos `chunk` (indices); shown / ratings:
+  segment_truth's, per frame, for segment-rated records."""
   counts = frame_counts[chunk]
   frames = _synthesize_frames(rng, [labels[v] for v in chunk], counts, signals, noise_std,
-                              background_fraction)
+                              background_fraction,
+                              None if shown is None else np.concatenate(
+                                  [shown[v] for v in chunk] + [np.zeros(0, np.int64)]))
   ends = np.cumsum(counts)
   rgb_rows = _feature_list_rows(frames[:, :RGB_SIZE])
   audio_rows = _feature_list_rows(frames[:, RGB_SIZE:])
@@ -392,6 +473,8 @@ def _write_chunk(rng, chunk, ids, labels, frame_counts, signals, noise_std, back
     context = [(id_key, _bytes_feature([ids[video].encode()]))]
     if with_labels:
       context.append(("labels", _int64_feature(labels[video])))
+      if ratings is not None:
+        context.extend(_rating_features(ratings[video], segment_size))
     if frame_writer is not None:
       begin, end = ends[i] - counts[i], ends[i]
       feature_lists = _map_entries([("rgb", rgb_rows[begin:end].tobytes()),
@@ -401,6 +484,14 @@ def _write_chunk(rng, chunk, ids, labels, frame_counts, signals, noise_std, back
       features = context + [("mean_rgb", _float_feature(means[i, :RGB_SIZE])),
                             ("mean_audio", _float_feature(means[i, RGB_SIZE:]))]
       video_writer.write(_example(_map_entries(features)))
+
+
+def _rating_features(video_ratings, segment_size: int):
+  starts = [start for start, _, _ in video_ratings]
+  return [("segment_labels", _int64_feature([label for _, label, _ in video_ratings])),
+          ("segment_start_times", _int64_feature(starts)),
+          ("segment_end_times", _int64_feature([start + segment_size for start in starts])),
+          ("segment_scores", _float_feature([score for _, _, score in video_ratings]))]
 
 
 def _check_arguments(num_videos, num_shards, num_classes, id_key, min_frames, max_frames_gen,
@@ -455,6 +546,13 @@ def _define_flags():
   flags.DEFINE_float("background_fraction", 0.25, "Share of frames that show no class.")
   flags.DEFINE_integer("max_labels", 4, "Labels per video are uniform in [1, max_labels].")
   flags.DEFINE_float("zipf_exponent", 0.8, "Class frequency ~ 1 / (class + 1)^exponent.")
+  flags.DEFINE_bool("segment_labels", False,
+                    "Segment-rated records (the 2019 challenge's layout): classes visible only "
+                    "in their segments, ratings in the records and in "
+                    "<partition>_segment_ground_truth.csv.")
+  flags.DEFINE_integer("segment_size", 5, "Frames per segment (--segment_labels).")
+  flags.DEFINE_integer("segment_ratings", 5,
+                       "Rated segments per video, at most (--segment_labels).")
   flags.mark_flag_as_required("output_dir")
 
 
@@ -474,7 +572,8 @@ def main(argv):
           min_frames=flags_.min_frames, max_frames_gen=flags_.max_frames_gen,
           signal_strength=flags_.signal_strength, noise_std=flags_.noise_std,
           background_fraction=flags_.background_fraction, max_labels=flags_.max_labels,
-          zipf_exponent=flags_.zipf_exponent)
+          zipf_exponent=flags_.zipf_exponent, segment_labels=flags_.segment_labels,
+          segment_size=flags_.segment_size, segment_ratings=flags_.segment_ratings)
     except (ValueError, OSError) as e:
       print("error: %s" % e, file=sys.stderr)
       return 1

@@ -28,6 +28,7 @@ Throughput: most of the decoding time goes into writing the float32 output (1.4 
 import numbers
 from typing import List
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -499,12 +500,16 @@ def get_input_dataset(reader: BaseReader, data_pattern: str, batch_size: int, nu
         batch_size, drop_remainder=drop_remainder)
     decoded = skipped.report_when_exhausted(decoded)
     return decoded.prefetch(tf.data.AUTOTUNE)
-  batches = records.batch(batch_size, drop_remainder=drop_remainder)
+  # A segment reader turns a batch of records into any number of examples: rebatched.
+  regroup = getattr(reader, "several_examples_per_record", False)
+  batches = records.batch(batch_size, drop_remainder=drop_remainder and not regroup)
   decoded = batches.map(
       _plain(lambda serialized, source: reader.prepare_serialized_examples(serialized,
                                                                            source=source)),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=deterministic)
+  if regroup:
+    decoded = decoded.rebatch(batch_size, drop_remainder=drop_remainder)
   return decoded.prefetch(tf.data.AUTOTUNE)
 
 
@@ -646,3 +651,55 @@ def _files_or_none(data_pattern: str) -> List[str]:
     return match_files(data_pattern)
   except utils.InputError:
     return []
+
+
+# ----------------------------------------------------------------------------------------------
+# Video ids and labels only (scoring a predictions CSV, fitting ensemble weights).
+
+
+def read_video_labels(data_pattern: str, num_classes: int, batch_size: int = 256) -> dict:
+  """{video id (bytes): sorted distinct labels (int32 array)} of every record of data_pattern.
+
+  Reads only the context `id` (or `video_id`) and `labels`, from frame-level SequenceExamples
+  and video-level Examples alike: both keep them in the message's field 1, which
+  tf.io.parse_example reads while it skips a SequenceExample's frames (field 2). No feature
+  flags are needed. Raises utils.InputError naming the file for an unreadable record, a record
+  without an id, a label outside [0, num_classes), a video that appears twice, and for a
+  pattern none of whose records has labels.
+  """
+  spec = {key: tf.io.RaggedFeature(tf.string) for key in ID_KEYS}
+  spec[LABELS_KEY] = tf.io.RaggedFeature(tf.int64)
+  parse = _plain(lambda records: tf.io.parse_example(records, spec))
+  videos, source = {}, {}
+  for path in match_files(data_pattern):
+    first_record = 0
+    try:
+      for batch in tf.data.TFRecordDataset(path).batch(batch_size).map(parse):
+        ids = [batch[key].to_list() for key in ID_KEYS]
+        labels = batch[LABELS_KEY]
+        label_lists = np.split(labels.flat_values.numpy(),
+                               np.cumsum(labels.row_lengths().numpy())[:-1])
+        for i, (new_id, old_id, values) in enumerate(zip(*ids, label_lists)):
+          record = first_record + i
+          if len(new_id) > 1 or len(old_id) > 1:
+            raise utils.InputError("%s: record %d has several ids" % (path, record))
+          video = (new_id or [b""])[0] or (old_id or [b""])[0]
+          if not video:
+            raise utils.InputError("%s: record %d has no %s" % (path, record,
+                                                                " or ".join(ID_KEYS)))
+          name = video.decode("utf-8", "replace")
+          bad = values[(values < 0) | (values >= num_classes)]
+          if len(bad):
+            raise utils.InputError("%s: video %s: label %d is outside [0, %d) (check "
+                                   "--num_classes)" % (path, name, bad[0], num_classes))
+          if video in videos:
+            raise utils.InputError("%s: video %s appears twice (also in %s)"
+                                   % (path, name, source[video]))
+          videos[video], source[video] = np.unique(values).astype(np.int32), path
+        first_record += len(label_lists)
+    except tf.errors.OpError as e:
+      raise utils.InputError("%s: cannot read the records: %s"
+                             % (path, record_errors.error_message(e)))
+  if not any(len(labels) for labels in videos.values()):
+    raise utils.InputError("no record of %s has labels (a test partition?)" % data_pattern)
+  return videos

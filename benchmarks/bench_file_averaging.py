@@ -1,22 +1,26 @@
-"""Benchmark of file_averaging.py against a per-line pure-Python blend, on generated inputs.
+"""Benchmark of file_averaging.py against per-line pure-Python blends, on generated inputs.
 
 Generates `--files` prediction CSVs in inference.py's format (random YouTube-like ids, `--pairs`
 distinct labels per row drawn from 4716, scores in [0, 1] as %.6f sorted descending, every
 file holding the same videos in its own order, about 2% of the videos missing from each file),
 then runs, each in a fresh child process:
-  * file_averaging.py (the CLI) on the full-size files;
-  * the baseline: the ORIGINAL algorithm (dict of Counters, split per line, a Python loop per
-    pair) with the original's defects fixed so that its output is comparable (string ids,
-    every pair read, float64 sums, top 20 by score then label, "%.6f");
-  * file_averaging.py again on the baseline's inputs, whose output must equal the baseline's
-    byte for byte.
-The baseline needs ~100 bytes of RAM per (video, label) it holds (~24 GB at full size, more
-than this machine has), so by default it runs on a tenth of the videos and its full-size cost
-is extrapolated linearly (marked as such in the table).
+  * file_averaging.py (the CLI) on the full-size files, `--repeats` times, alternating with
+    `--compare_script` (another version of file_averaging.py, e.g. a worktree at an earlier
+    commit) when given; every output must be the same byte for byte;
+  * on a tenth of the videos (the baselines need ~100 bytes of RAM per (video, label) they
+    hold: ~24 GB at full size), file_averaging.py again and two baselines, whose full-size
+    cost is extrapolated linearly (marked as such in the table):
+    - the original algorithm: the original WILLOW file_averaging.py's loop (dict of Counters,
+      split per line, the first half of the pairs, scores truncated to 5 decimals,
+      `most_common(20)`), ids kept as strings so that it runs on YouTube ids;
+    - the plain-Python per-line blend: the same loop with the original's defects fixed so that
+      its output is comparable (every pair, float64 sums, top 20 by score then label, "%.6f"),
+      which must equal file_averaging.py's byte for byte.
 
 Usage:
   python benchmarks/bench_file_averaging.py [--videos=700640] [--pairs=50] [--files=7]
-      [--workdir=DIR] [--baseline_videos=70064] [--skip_baseline]
+      [--workdir=DIR] [--baseline_videos=70064] [--skip_baseline] [--repeats=1]
+      [--compare_script=OTHER/file_averaging.py]
 """
 import argparse
 import collections
@@ -125,7 +129,28 @@ def generate_inputs(folder: str, num_videos: int, pairs: int, num_files: int, se
 
 
 # ---------------------------------------------------------------------------------------------
-# The baseline: the original per-line algorithm, defects fixed so its output is comparable.
+# The baselines: the original per-line algorithm, as it was and with its defects fixed.
+
+
+def original_blend(inputs, output_file: str, top_k: int = 20) -> None:
+  """The original's algorithm: half of each row's pairs, scores as int(1e5 * score)."""
+  blend = collections.defaultdict(collections.Counter)
+  for path, weight in inputs:
+    with open(path) as f:
+      f.readline()
+      for line in f:
+        video_id, pairs = line.rstrip("\n").split(",")
+        tokens = pairs.split(" ")
+        counter = blend[video_id]
+        for i in range(0, len(tokens) // 2, 2):
+          counter[int(tokens[i])] += weight * int(1e5 * float(tokens[i + 1]))
+  total_weight = sum(weight for _, weight in inputs)
+  with open(output_file, "w") as out:
+    out.write("VideoID,LabelConfidencePairs\n")
+    for video_id, counter in blend.items():
+      out.write(video_id + "," + " ".join("%d %6f" % (label, value / 1e5 / total_weight)
+                                          for label, value in counter.most_common(top_k))
+                + "\n")
 
 
 def baseline_blend(inputs, output_file: str, top_k: int = 20) -> None:
@@ -175,7 +200,7 @@ def run_measured(command, cwd: str):
   """(wall s, CPU s, peak RSS of the largest process, peak summed RSS of the process tree)."""
   LOAD_SAMPLES.append(os.getloadavg()[0])
   start = time.perf_counter()
-  child = subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE)
+  child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   peak_tree = [0]
   done = threading.Event()
 
@@ -197,21 +222,26 @@ def run_measured(command, cwd: str):
   return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, peak_tree[0]
 
 
-def run_ours(folder: str, names, output: str):
-  command = [sys.executable, SCRIPT, "--inputs=" + ",".join(names), "--input_dir=" + folder,
+def run_ours(folder: str, names, output: str, script: str = SCRIPT):
+  command = [sys.executable, script, "--inputs=" + ",".join(names), "--input_dir=" + folder,
              "--output_file=" + output]
   return run_measured(command, folder)
 
 
-def run_baseline(folder: str, names, output: str):
+def run_baseline(folder: str, names, output: str, function: str = "baseline_blend"):
   inputs = [(os.path.join(folder, n), 1.0) for n in names]
   code = ("import sys; sys.path.insert(0, %r); import bench_file_averaging as b; "
-          "b.baseline_blend(%r, %r)" % (HERE, inputs, output))
+          "b.%s(%r, %r)" % (HERE, function, inputs, output))
   return run_measured([sys.executable, "-c", code], folder)
 
 
+def same_bytes(path_a: str, path_b: str) -> bool:
+  with open(path_a, "rb") as a, open(path_b, "rb") as b:
+    return a.read() == b.read()
+
+
 def import_seconds() -> float:
-  """Start-up cost of `import file_averaging` (its imports include TensorFlow via utils)."""
+  """Start-up cost of `import file_averaging` (numpy, pyarrow, absl)."""
   code = ("import time; t = time.perf_counter(); import file_averaging; "
           "print(time.perf_counter() - t)")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -232,6 +262,10 @@ def main():
                            "above 100,000, else all of them).")
   parser.add_argument("--skip_baseline", action="store_true")
   parser.add_argument("--seed", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="Full-size runs of file_averaging.py (and of --compare_script).")
+  parser.add_argument("--compare_script", default=None,
+                      help="Another file_averaging.py, run in turn with this one at full size.")
   args = parser.parse_args()
   baseline_videos = args.baseline_videos or (
       args.videos // 10 if args.videos > 100_000 else args.videos)
@@ -245,25 +279,37 @@ def main():
         flush=True)
 
   rows = []
-  ours_full = run_ours(full, names, os.path.join(args.workdir, "ours_full.csv"))
-  rows.append(("file_averaging.py", args.videos, ours_full, ""))
-  print("file_averaging.py: %.1f s" % ours_full[0], flush=True)
+  ours_csv = os.path.join(args.workdir, "ours_full.csv")
+  other_csv = os.path.join(args.workdir, "compare_full.csv")
+  for repeat in range(args.repeats):
+    ours_full = run_ours(full, names, ours_csv)
+    rows.append(("file_averaging.py", args.videos, ours_full, "run %d" % (repeat + 1)))
+    print("file_averaging.py: %.1f s" % ours_full[0], flush=True)
+    if args.compare_script:
+      other = run_ours(full, names, other_csv, args.compare_script)
+      rows.append(("--compare_script", args.videos, other, "run %d" % (repeat + 1)))
+      print("%s: %.1f s, same output: %s" % (args.compare_script, other[0],
+                                              same_bytes(ours_csv, other_csv)), flush=True)
   if not args.skip_baseline:
     small = os.path.join(args.workdir, "v%d-p%d-f%d" % (baseline_videos, args.pairs, args.files))
     small_names = generate_inputs(small, baseline_videos, args.pairs, args.files, args.seed + 1)
     ours_small_csv = os.path.join(args.workdir, "ours_small.csv")
     baseline_csv = os.path.join(args.workdir, "baseline_small.csv")
     ours_small = run_ours(small, small_names, ours_small_csv)
+    original = run_baseline(small, small_names, os.path.join(args.workdir, "original_small.csv"),
+                            "original_blend")
     baseline = run_baseline(small, small_names, baseline_csv)
     with open(ours_small_csv, "rb") as a, open(baseline_csv, "rb") as b:
       ours_text, baseline_text = a.read(), b.read()
     same = ours_text == baseline_text
     rows.append(("file_averaging.py", baseline_videos, ours_small, ""))
-    rows.append(("baseline (per-line Python)", baseline_videos, baseline, ""))
-    if baseline_videos != args.videos:
-      scale = args.videos / baseline_videos
-      rows.append(("baseline, extrapolated", args.videos,
-                   tuple(value * scale for value in baseline), "x%.0f of the row above" % scale))
+    for name, result in (("original algorithm", original),
+                         ("plain-Python per-line blend", baseline)):
+      rows.append((name, baseline_videos, result, ""))
+      if baseline_videos != args.videos:
+        scale = args.videos / baseline_videos
+        rows.append((name + ", extr.", args.videos, tuple(value * scale for value in result),
+                     "x%.0f of the row above" % scale))
     print("outputs identical (%d videos): %s" % (baseline_videos, same), flush=True)
     if not same:
       lines = zip(ours_text.split(b"\n"), baseline_text.split(b"\n"))
@@ -273,8 +319,10 @@ def main():
                 % (number, ours_line[:200], baseline_line[:200]))
           break
 
-  reference = {videos: result[0] for name, videos, result, _ in rows
-               if name == "file_averaging.py"}
+  reference = {}  # file_averaging.py's best wall time at each size
+  for name, videos, result, _ in rows:
+    if name == "file_averaging.py":
+      reference[videos] = min(reference.get(videos, np.inf), result[0])
   print("\n%-27s %8s %8s %8s %12s %14s %7s" % ("implementation", "videos", "wall s", "CPU s",
                                                "peak MB (1)", "peak MB (all)", "ratio"))
   for name, videos, (wall, cpu, peak_one, peak_all), note in rows:
@@ -283,10 +331,17 @@ def main():
         note))
   print("\nwall s: elapsed; CPU s: user + system of the process and its children. peak MB (1): "
         "largest single process (wait4 ru_maxrss); peak MB (all): summed RSS of the process "
-        "tree, sampled every 50 ms. ratio: wall s / file_averaging.py's at the same size.")
+        "tree, sampled every 50 ms. ratio: wall s / file_averaging.py's best at the same size.")
   print("`import file_averaging` alone takes %.1f s. "
-        "Load average during the runs: %s (this machine has %d cores)."
-        % (import_seconds(), " / ".join("%.1f" % x for x in LOAD_SAMPLES), os.cpu_count()))
+        "Load average during the runs: %s (this machine: %d cores of %s)."
+        % (import_seconds(), " / ".join("%.1f" % x for x in LOAD_SAMPLES), os.cpu_count(),
+           cpu_name()))
+
+
+def cpu_name() -> str:
+  with open("/proc/cpuinfo") as f:
+    names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  return names[0] if names else "an unknown CPU"
 
 
 LOAD_SAMPLES = []

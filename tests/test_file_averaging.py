@@ -1,11 +1,12 @@
-"""Tests of file_averaging.py: hand-computed blends, the output format, the CLI, bad inputs
-and a differential fuzz against a plain Python parser."""
+"""Tests of file_averaging.py and willow/submission_csv.py: hand-computed blends, the output
+format, the CLI, bad inputs, and blends and a differential fuzz compared with a plain Python
+per-line blend (reference_blend)."""
 import collections
-import dataclasses
 import math
 import os
 import random
 import re
+import stat
 import subprocess
 import sys
 
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 
 import file_averaging
-from utils import InputError
 from willow import readme_configs
+from willow import submission_csv
+from willow.fileio import InputError
 
 HEADER = "VideoId,LabelConfidencePairs\n"
 
@@ -45,11 +47,13 @@ def run_main(argv):
 
 
 def reference_blend(inputs, top_k, num_classes=file_averaging.DEFAULT_NUM_CLASSES):
-  """The original algorithm, written plainly (Counter sums in input order, top_k, "%.6f"),
-  with file_averaging's grammar checked line by line: the submission as bytes, or None for
-  a bad input."""
+  """The original algorithm, written plainly (Counter sums in input order from 0, top_k by
+  score then smaller label, "%.6f"), with file_averaging's grammar checked line by line and
+  inputs of weight 0 not read: the submission as bytes, or None for a bad input."""
   sums = collections.OrderedDict()
   for path, weight in inputs:
+    if weight == 0:
+      continue
     with open(path, "rb") as f:
       lines = f.read().split(b"\n")
     rows = lines[1:-1] if lines[-1] == b"" else lines[1:]
@@ -61,7 +65,7 @@ def reference_blend(inputs, top_k, num_classes=file_averaging.DEFAULT_NUM_CLASSE
         return None
       video, pairs = line.split(b",")
       if (not video or b" " in video or b"\0" in video or video in seen
-          or len(video) > file_averaging.MAX_ID_BYTES):
+          or len(video) > submission_csv.MAX_ID_BYTES):
         return None
       seen.add(video)
       tokens = pairs.split(b" ") if pairs else []
@@ -177,11 +181,17 @@ def test_six_decimals_match_printf_exactly():
   values = values.reshape(-1, 2)
   labels = np.arange(values.size, dtype=np.int32).reshape(-1, 2) % 4716
   ids = np.array([b"v%d" % i for i in range(len(values))])
-  counts = np.full(len(values), 2, np.int32)
-  text = file_averaging._format_rows(ids, labels, values, counts).decode()
+  text = submission_csv.format_rows(ids, labels, values).decode()
   expected = "".join("v%d,%d %.6f %d %.6f\n" % (i, l[0], v[0], l[1], v[1])
                      for i, (l, v) in enumerate(zip(labels, values)))
   assert text == expected
+  # Shorter rows (counts), and inference.py's batches: float32 scores, object ids.
+  counts = np.array([2, 0, 1])
+  assert submission_csv.format_rows(ids[:3], labels[:3], values[:3], counts).decode() == (
+      "v0,0 %.6f 1 %.6f\nv1,\nv2,4 %.6f\n" % (values[0, 0], values[0, 1], values[2, 0]))
+  scores32 = np.array([[0.1, 0.7]], np.float32)
+  assert submission_csv.format_rows(np.array([b"x"], object), np.array([[3, 9]]), scores32) == (
+      b"x,3 %f 9 %f\n" % (float(scores32[0, 0]), float(scores32[0, 1])))
 
 
 def test_output_header_and_line_format(tmp_path):
@@ -192,20 +202,25 @@ def test_output_header_and_line_format(tmp_path):
   assert text == "VideoId,LabelConfidencePairs\nx,0 1.000000 4715 0.500000\n"
 
 
-def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypatch):
-  # Small blocks so that both the reading and the blending cross block boundaries.
-  monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", 97)
-  monkeypatch.setattr(file_averaging, "PARSE_RANGE_BYTES", 250)
+@pytest.mark.parametrize("scores", [
+    ["%.6f", "0.500000", "0.25", "1e-3"],  # "%.6f": a random one; the others make ties common
+    ["1e16", "-1e16", "1", "0.5", "3"],  # sums that cancel: the summation order shows
+])
+def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypatch, scores):
+  # Small ranges and blocks so that both the parsing and the blending cross their boundaries.
+  # Ties within an input and created by the blend, and sums that depend on their order.
+  monkeypatch.setattr(submission_csv, "RANGE_BYTES", 250)
   monkeypatch.setattr(file_averaging, "BLEND_BLOCK_CELLS", 3 * 24)
   rng = random.Random(7)
   videos = ["%04d" % i for i in range(40)] + ["id_%d" % i for i in range(20)]
   inputs = []
-  for number, weight in enumerate([1.0, 0.5, 2.0, 0.0]):
+  for number, weight in enumerate([1.0, 0.5, 2.0, 0.0, 1.0]):
     rows = []
     for video in rng.sample(videos, 45):
       labels = rng.sample(range(30), rng.choice([0, 1, 3, 8]) if number == 1 else 8)
-      scores = [rng.choice(["%.6f" % rng.random(), "0.500000", "0.25", "1e-3"]) for _ in labels]
-      rows.append(video + "," + " ".join("%d %s" % p for p in zip(labels, scores)))
+      row_scores = [token % rng.random() if token.startswith("%") else token
+                    for token in (rng.choice(scores) for _ in labels)]
+      rows.append(video + "," + " ".join("%d %s" % p for p in zip(labels, row_scores)))
     inputs.append((write_csv(tmp_path, "in%d.csv" % number, rows), weight))
   for top_k in (1, 5, 40):
     for workers in (1, 2):
@@ -215,64 +230,60 @@ def test_matches_a_plain_python_blend_on_random_ragged_inputs(tmp_path, monkeypa
 
 def test_scores_in_other_notations_parse_like_float(tmp_path):
   tokens = ["0.123456", "1", "0.5", "-0.25", "12.345678", "0.123456789", "1e-3", "2.5E+1",
-            "000.1", "7."]
+            "000.1", "7.", "+.5", "1_0.5", "0.75\r"]
   rows = ["v%d,%d %s" % (i, i, token) for i, token in enumerate(tokens)]
   parsed = file_averaging.parse_prediction_file(write_csv(tmp_path, "a.csv", rows))
-  values = parsed.scores / 1e6 if parsed.scores_are_micro else parsed.scores
-  assert values.tolist() == [float(t) for t in tokens]
+  assert not parsed.scores_are_micro  # 0.123456789 needs float64
+  assert parsed.score_values().tolist() == [float(t) for t in tokens]
   assert parsed.video_ids.tolist() == [b"v%d" % i for i in range(len(tokens))]
   assert parsed.labels.tolist() == list(range(len(tokens)))
+  parsed = file_averaging.parse_prediction_file(write_csv(tmp_path, "b.csv", rows[:3]))
+  assert parsed.scores_are_micro and parsed.scores.tolist() == [123456, 1000000, 500000]
 
 
-def test_vectorized_paths_take_the_inference_format():
-  # Tokens as inference.py writes them must not fall back to the per-token Python path.
-  text = b"00000000,0 0.000000 7 1.000000 42 0.123456 4715 0.999999 123 9.500000\n"
-  raw = np.frombuffer(text, np.uint8)
-  ends = np.array([i for i, c in enumerate(text) if c in b" \n"])
-  starts = np.array([text.index(b",") + 1] + [e + 1 for e in ends[:-1]])
-  lengths = ends - starts
-  labels, labels_ok = file_averaging._fast_labels(raw, ends[0::2], lengths[0::2])
-  scores, scores_ok = file_averaging._fast_scores(raw, ends[1::2], lengths[1::2])
-  assert labels_ok.all() and scores_ok.all()
-  assert labels.tolist() == [0, 7, 42, 4715, 123]
-  assert scores.tolist() == [0, 1000000, 123456, 999999, 9500000]
-  wide, wide_ok = file_averaging._fast_labels(np.frombuffer(b"00000000,12345678 ", np.uint8),
-                                              np.array([17]), np.array([8]))
-  assert wide_ok.all() and wide.tolist() == [12345678]
-  # The single 16-byte gather of a pair's label and score reads the same words.
-  layout = file_averaging._Layout(
-      line_starts=np.array([0]), line_ends=ends[-1:], id_ends=np.array([8]),
-      pair_counts=np.array([5]), label_ends=ends[0::2], label_lengths=lengths[0::2],
-      score_ends=ends[1::2], score_lengths=lengths[1::2])
-  label_words, score_words = file_averaging._pair_words(raw, layout)
-  assert np.array_equal(label_words, file_averaging._words_ending_at(raw, ends[0::2], np.uint32))
-  assert np.array_equal(score_words, file_averaging._words_ending_at(raw, ends[1::2], np.uint64))
-  for other in (b"00000000,0 0.5 7 1.000000\n", b"00000000,12345 0.000000\n"):
-    raw = np.frombuffer(other, np.uint8)  # a short score, a long label: two gathers instead
-    ends = np.array([i for i, c in enumerate(other) if c in b" \n"])
-    lengths = ends - np.array([other.index(b",") + 1] + [e + 1 for e in ends[:-1]])
-    layout = dataclasses.replace(layout, label_ends=ends[0::2], label_lengths=lengths[0::2],
-                                 score_ends=ends[1::2], score_lengths=lengths[1::2])
-    assert file_averaging._pair_words(raw, layout) is None
+def random_rows(rng, num_rows, ragged):
+  rows = []
+  for i in range(num_rows):
+    labels = rng.sample(range(4716), rng.choice([0, 1, 5, 20]) if ragged else 20)
+    rows.append("%s,%s" % (rng.choice(["%08d" % i, "id_%d" % i, "Kx-%d_Q" % i]),
+                           " ".join("%d %.6f" % (label, rng.random()) for label in labels)))
+  return rows
 
 
-@pytest.mark.parametrize("range_bytes", [1, 7, 30, 1000])
-def test_line_ranges_cover_the_file_in_whole_lines(tmp_path, range_bytes):
-  path = write_csv(tmp_path, "a.csv", ["v%d,%d 0.5" % (i, i) + " 1" * (i % 5) for i in range(20)])
-  with open(path, "rb") as f:
-    data = f.read()
-  ranges = file_averaging._line_ranges(path, range_bytes)
-  assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
-  assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:]))
-  assert all(data[start - 1:start] == b"\n" for start, _ in ranges[1:])
-  # A range ends with the first line that reaches the next multiple of range_bytes past its start.
-  bounds = [0]
-  for target in range(range_bytes, len(data), range_bytes):
-    newline = data.find(b"\n", target - 1)
-    if target > bounds[-1] and 0 <= newline < len(data) - 1:
-      bounds.append(newline + 1)
-  assert ranges == list(zip(bounds, bounds[1:] + [len(data)]))
-  assert len(ranges) == {1: data.count(b"\n"), 1000: 1}.get(range_bytes, len(ranges))
+@pytest.mark.parametrize("ragged", [False, True])
+def test_vectorized_and_line_by_line_parses_agree(tmp_path, monkeypatch, ragged):
+  # The inference format takes the vectorized path (the line-by-line one is never called) ...
+  path = write_csv(tmp_path, "a.csv", random_rows(random.Random(5), 300, ragged))
+
+  def no_line_parse(*args):
+    raise AssertionError("the line-by-line parse ran")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(submission_csv, "_parse_lines", no_line_parse)
+    fast = file_averaging.parse_prediction_file(path)
+  # ... and gives what the line-by-line parse gives, array for array.
+  with monkeypatch.context() as patch:
+    patch.setattr(submission_csv, "_parse_vectorized", lambda *args: None)
+    slow = file_averaging.parse_prediction_file(path)
+  for field in ("video_ids", "pair_counts", "labels", "scores"):
+    assert getattr(fast, field).dtype == getattr(slow, field).dtype
+    assert np.array_equal(getattr(fast, field), getattr(slow, field)), field
+  assert fast.scores_are_micro and slow.scores_are_micro
+  assert fast.labels.dtype == np.int16 and fast.scores.dtype == np.int32
+
+
+@pytest.mark.parametrize("range_bytes", [1, 7, 30, 1000, 32 << 20])
+def test_ranges_of_any_size_cover_every_line_once(tmp_path, monkeypatch, range_bytes):
+  rows = ["v%d,%d 0.5" % (i, i) + "".join(" %d 0.25" % (100 + j) for j in range(i % 5))
+          for i in range(20)]
+  path = write_csv(tmp_path, "a.csv", rows)
+  monkeypatch.setattr(submission_csv, "RANGE_BYTES", range_bytes)
+  parsed = file_averaging.parse_prediction_file(path)
+  assert parsed.video_ids.tolist() == [b"v%d" % i for i in range(20)]
+  assert parsed.pair_counts.tolist() == [1 + i % 5 for i in range(20)]
+  assert parsed.labels.tolist() == sum(([i] + [100 + j for j in range(i % 5)]
+                                        for i in range(20)), [])
+  assert parsed.pair_starts.tolist() == np.cumsum([0] + [1 + i % 5 for i in range(19)]).tolist()
 
 
 def test_label_with_leading_zeros_and_unterminated_last_line(tmp_path):
@@ -322,15 +333,49 @@ def test_inputs_flag_weights_and_relative_paths(tmp_path, monkeypatch):
       ("x.csv", 0.5), ("y=z.csv", 2.0), ("w.csv", 1.0)]
 
 
-def test_cli_in_a_subprocess(tmp_path):
-  write_csv(tmp_path, "a.csv", ["v,1 0.5"])
-  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "file_averaging.py")
-  result = subprocess.run([sys.executable, script, "--inputs=a.csv", "--output_file=s.csv"],
-                          cwd=str(tmp_path), capture_output=True, text=True)
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "file_averaging.py")
+
+
+def test_cli_in_a_subprocess_prints_one_summary_line(tmp_path):
+  write_csv(tmp_path, "a.csv", ["v,1 0.5", "w,2 0.25"])
+  write_csv(tmp_path, "b.csv", ["v,1 0.5"])
+  result = subprocess.run([sys.executable, SCRIPT, "--inputs=a.csv,b.csv=0.5,a.csv=0",
+                           "--output_file=s.csv"], cwd=str(tmp_path), capture_output=True,
+                          text=True)
   assert result.returncode == 0, result.stderr
-  assert (tmp_path / "s.csv").read_text() == HEADER + "v,1 0.500000\n"
+  assert (tmp_path / "s.csv").read_text() == HEADER + "v,1 0.500000\nw,2 0.166667\n"
   assert not [n for n in os.listdir(str(tmp_path)) if n.endswith(".tmp")]
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(tmp_path / "s.csv").st_mode) == 0o666 & ~umask  # as open(..., "w")
+  assert result.stdout == ("blended 2 inputs (weights 1, 0.5; 1 of weight 0 dropped) over 2 "
+                           "videos into s.csv\n")
+
+
+def test_help_lists_the_flags_with_their_defaults():
+  result = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True)
+  assert "Try --helpfull" in result.stdout, result.stderr  # absl's --help exits with 1
+  for flag, default in [("inputs", None), ("input_dir", "'.'"),
+                        ("output_file", "'WILLOW_submission.csv'"), ("top_k", "'20'"),
+                        ("num_classes", "'4716'")]:
+    help_text = result.stdout.split("--%s:" % flag)[1].split("\n  --")[0]
+    assert default is None or "(default: %s)" % default in help_text, (flag, help_text)
+
+
+def test_weight_zero_drops_a_model_without_reading_it(tmp_path, capsys):
+  a = write_csv(tmp_path, "a.csv", ["v,1 0.4 2 0.2"])
+  b = write_csv(tmp_path, "b.csv", ["only_b,3 0.9", "v,2 0.8"])
+  bad = write_csv(tmp_path, "bad.csv", ["not a prediction row"])
+  # b's video and labels do not appear; the total weight is that of the kept inputs.
+  expected = HEADER + "v,1 0.400000 2 0.200000\n"
+  assert blend_text([(a, 2.0), (b, 0.0)]) == expected
+  assert blend_text([(b, 0.0), (a, 2.0), (bad, 0.0)]) == expected
+  assert blend_text([(a, 1.0), (b, 0.0)]) == reference_blend([(a, 1.0), (b, 0.0)], 20).decode()
+  # A missing file is still an error, whatever its weight.
+  output = os.path.join(str(tmp_path), "cli.csv")
+  assert_fails_cleanly(capsys, ["--input_dir=%s" % tmp_path, "--inputs=a.csv,missing.csv=0",
+                                "--output_file=%s" % output], output, ["missing.csv", "not found"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,11 +431,10 @@ def test_bad_file(tmp_path, capsys, content, fragments):
   del good
 
 
-@pytest.mark.parametrize("range_bytes", [64 << 20, 300, 100])
-def test_error_line_number_past_the_first_read_block(tmp_path, capsys, monkeypatch, range_bytes):
+@pytest.mark.parametrize("range_bytes", [32 << 20, 300, 100])
+def test_error_line_number_past_the_first_range(tmp_path, capsys, monkeypatch, range_bytes):
   # Also when the bad line is in a later byte range than the first (parsed by another thread).
-  monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", 64)
-  monkeypatch.setattr(file_averaging, "PARSE_RANGE_BYTES", range_bytes)
+  monkeypatch.setattr(submission_csv, "RANGE_BYTES", range_bytes)
   rows = ["v%03d,1 0.5 2 0.25" % i for i in range(100)]
   rows[76] = "v076,1 0.5 2 zero"
   write_csv(tmp_path, "bad.csv", rows)
@@ -435,20 +479,26 @@ def test_missing_default_inputs_name_the_first_missing_file(tmp_path, capsys, mo
   assert_fails_cleanly(capsys, [], output, [readme_configs.README_INFERENCE_OUTPUTS[0]])
 
 
-def test_id_hash_collisions_fall_back_to_exact_ids(tmp_path, monkeypatch):
-  a = write_csv(tmp_path, "a.csv", ["x,1 0.5", "y,2 0.5", "0001,3 0.1"])
-  b = write_csv(tmp_path, "b.csv", ["y,2 0.25", "z,1 0.5", "001,3 0.2"])
+def test_ids_are_opaque_bytes_and_a_repeated_id_names_both_lines(tmp_path):
+  # Ids equal as numbers, differing in one byte, or not UTF-8 are different videos.
+  a = write_csv(tmp_path, "a.csv", ["x,1 0.5", "y,2 0.5", "0001,3 0.1", "1,3 0.3"])
+  b = write_csv(tmp_path, "b.csv", ["y,2 0.25", "z,1 0.5", "001,3 0.2", "0001,3 0.2"])
   inputs = [(a, 1.0), (b, 1.0)]
-  expected = reference_blend(inputs, 20).decode()
-  # Every id collides within a file, then only across files (keyed on the last byte).
-  monkeypatch.setattr(file_averaging, "id_keys", lambda ids: np.zeros(len(ids), np.uint64))
-  assert blend_text(inputs) == expected
-  monkeypatch.setattr(file_averaging, "id_keys",
-                      lambda ids: np.array([i[-1] for i in ids.tolist()], np.uint64))
-  assert blend_text(inputs) == expected
+  assert blend_text(inputs) == reference_blend(inputs, 20).decode()
+  assert blend_text(inputs).splitlines()[3:] == ["0001,3 0.150000", "1,3 0.150000", "z,1 0.250000",
+                                                 "001,3 0.100000"]
+  with open(os.path.join(str(tmp_path), "c.csv"), "wb") as f:
+    f.write(HEADER.encode() + b"\xff\xfe,1 0.5\n\xff\xfd,1 0.25\n")
+  assert file_averaging.parse_prediction_file(f.name).video_ids.tolist() == [b"\xff\xfe",
+                                                                            b"\xff\xfd"]
   c = write_csv(tmp_path, "c.csv", ["x,1 0.5", "q,1 0.5", "x,2 0.5"])
   with pytest.raises(InputError, match="line 4: duplicate video id 'x' .first on line 2."):
     file_averaging.average_files([(c, 1.0)])
+
+
+def test_parse_prediction_file_is_file_averagings(tmp_path):
+  assert file_averaging.parse_prediction_file is submission_csv.parse_prediction_file
+  assert file_averaging.PredictionFile is submission_csv.PredictionFile
 
 
 def test_library_raises_input_error(tmp_path):
@@ -505,9 +555,8 @@ def test_fuzzed_inputs_blend_like_a_plain_parser_or_fail_cleanly(tmp_path, monke
   outcomes = collections.Counter()
   out = str(tmp_path / "out.csv")
   for _ in range(1000):
-    # Tiny blocks too, so that blocks holding no pair or one line are common.
-    monkeypatch.setattr(file_averaging, "READ_BLOCK_BYTES", rng.choice([64, 97, 4 << 20]))
-    monkeypatch.setattr(file_averaging, "PARSE_RANGE_BYTES", rng.choice([1, 150, 64 << 20]))
+    # Tiny ranges too, so that ranges holding no pair or one line are common.
+    monkeypatch.setattr(submission_csv, "RANGE_BYTES", rng.choice([1, 97, 150, 32 << 20]))
     monkeypatch.setattr(file_averaging, "BLEND_BLOCK_CELLS", rng.choice([1, 30, 1 << 19]))
     inputs = []
     for number in range(rng.randint(1, 3)):
@@ -536,16 +585,22 @@ def test_fuzzed_inputs_blend_like_a_plain_parser_or_fail_cleanly(tmp_path, monke
 
 
 @pytest.mark.parametrize("counts", [[3, 3, 3, 3], [2, 0, 4, 3], [1, 1, 1, 1]])
-def test_first_duplicate_label_in_equal_and_ragged_rows(counts):
+def test_repeated_label_in_equal_and_ragged_rows(tmp_path, capsys, counts):
   rng = np.random.default_rng(sum(counts))
   rows = [list(rng.permutation(40)[:n]) for n in counts]
-  assert file_averaging._first_duplicate_label(
-      np.array(sum(rows, []), np.uint16), np.array(counts)) is None
-  for row in reversed(range(len(rows))):  # the last row that can hold a repeat
-    if len(rows[row]) < 2:
-      continue
-    bad = [list(r) for r in rows]
-    bad[row][-1] = bad[row][0]
-    assert file_averaging._first_duplicate_label(
-        np.array(sum(bad, []), np.uint16), np.array(counts)) == (row, bad[row][0])
-    break
+
+  def text(rows):
+    return ["v%d,%s" % (i, " ".join("%d 0.5" % label for label in row))
+            for i, row in enumerate(rows)]
+
+  parsed = file_averaging.parse_prediction_file(write_csv(tmp_path, "good.csv", text(rows)))
+  assert parsed.labels.tolist() == sum(rows, [])
+  row = max(i for i, labels in enumerate(rows) if len(labels) >= 2 or i == 0)
+  if len(rows[row]) < 2:
+    return  # no row can hold a repeat
+  rows[row][-1] = rows[row][0]
+  output = os.path.join(str(tmp_path), "out.csv")
+  write_csv(tmp_path, "bad.csv", text(rows))
+  assert_fails_cleanly(capsys, ["--input_dir=%s" % tmp_path, "--inputs=bad.csv",
+                                "--output_file=%s" % output], output,
+                       ["line %d:" % (row + 2), "label %d appears twice" % rows[row][0]])

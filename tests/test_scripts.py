@@ -18,6 +18,7 @@ from willow import checkpoints
 from willow import configuration
 from willow import models
 from willow import readme_configs
+from willow import submission_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 12
@@ -146,7 +147,7 @@ def test_merge_waits_for_every_part_of_one_split(tmp_path):
 
   def write_part(index, num_tasks, rows):
     with open(inference.part_file_name(output, index, num_tasks), "wb") as f:
-      f.write(inference.HEADER + b"".join(row + b"\n" for row in rows))
+      f.write(submission_csv.HEADER_LINE + b"".join(row + b"\n" for row in rows))
 
   write_part(0, 3, [b"a,1 0.500000"])
   write_part(2, 3, [b"c,1 0.500000"])
@@ -198,8 +199,8 @@ def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
   for line, video_id, classes, scores in zip(read_csv(csv)[1:], out["video_id"].numpy(),
                                              out["class_indexes"].numpy(),
                                              out["predictions"].numpy()):
-    expected = inference.format_rows([video_id], classes[None], scores[None]).decode().strip()
-    assert line == expected
+    expected = submission_csv.format_rows([video_id], classes[None], scores[None])
+    assert line == expected.decode().strip()
 
 
 @pytest.mark.parametrize("model", ["MoeModel", "LogisticModel"])

@@ -132,6 +132,22 @@ class BaseModel(tf.Module):
   def forward(self, model_input, num_frames, training: bool):
     raise NotImplementedError
 
+  # Frames per input when the model reads segments (--segment_labels), else None. Not part of
+  # the configuration: one trained model reads videos or segments.
+  segment_size = None
+
+  def frame_sampling(self) -> Tuple[int, bool]:
+    """(frames sampled per input, i.i.d. random frames at training?) of the frame samplers.
+
+    A segment of 5 frames is not sampled like a video: --iterations=30 samples would only
+    repeat its frames, and 5 i.i.d. draws would drop some. Its frames are taken as they are
+    (contiguous from its start: all of them in order), unless --iterations asks for fewer.
+    """
+    c = self.config
+    if self.segment_size is None or c.iterations < self.segment_size:
+      return c.iterations, c.sample_random_frames
+    return self.segment_size, False
+
   def regularization_loss(self):
     """The penalties the original registered (the classifier head's l2 terms)."""
     return self.classifier.regularization_loss()

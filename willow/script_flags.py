@@ -250,6 +250,8 @@ def define_flags(script: str, fv=None):
   define("bool", "run_once", False, "Evaluate one checkpoint and exit.", "run", (EVAL,))
   define("integer", "eval_interval_secs", 60, "Seconds between checks for a new checkpoint.",
          "run", (EVAL,), lower_bound=0)
+  define("string", "predictions_csv", "",
+         "Score this predictions CSV against the labels instead (no model).", "data", (EVAL,))
   # inference.py.
   define("string", "input_data_pattern", "", "Glob of the TFRecords to predict.", "data",
          (INFERENCE,))
@@ -263,6 +265,17 @@ def define_flags(script: str, fv=None):
   define("bool", "merge_parts", False,
          "Join the <output_file>.part-*-of-* of --num_tasks runs, exit.", "output",
          (INFERENCE,))
+  # Segment-rated data (the 2019 challenge; the starter code's flag names): willow/segments.py.
+  define("bool", "segment_labels", False,
+         "Segment-rated records: one example per segment (see docs).", "data", READING)
+  define("integer", "segment_size", 5, "Frames per segment (--segment_labels).", "data",
+         READING, lower_bound=1)
+  define("integer", "segment_max_pred", 100000,
+         "Segments per class kept (inference) and ranked (eval).", "output", (EVAL, INFERENCE),
+         lower_bound=1)
+  define("string", "segment_label_ids_file", "",
+         "File of the class ids to predict and evaluate (empty: all).", "data",
+         (EVAL, INFERENCE))
   # export_model.py.
   define("string", "export_dir", "",
          "SavedModel directory (default: <train_dir>/export/step_<N>).", "output",

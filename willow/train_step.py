@@ -102,7 +102,8 @@ class TrainStep:
 
   `options` is a training.TrainOptions; the step reads batch_size, base_learning_rate,
   learning_rate_decay, learning_rate_decay_examples, optimizer, clip_gradient_norm,
-  regularization_penalty, label_loss, alpha, jit_compile, mixed_precision and seed.
+  regularization_penalty, label_loss, alpha, jit_compile, mixed_precision, seed,
+  segment_labels and segment_size.
   """
 
   def __init__(self, config: models.ModelConfig, options, strategy: tf.distribute.Strategy):
@@ -112,6 +113,8 @@ class TrainStep:
     self.loss = losses.get_loss(options.label_loss, options.alpha)
     with strategy.scope():
       self.model = models.build_model(config)
+      if options.segment_labels:
+        self.model.segment_size = options.segment_size
       schedule = ExampleStaircaseDecay(
           base=options.base_learning_rate, decay=options.learning_rate_decay,
           decay_examples=options.learning_rate_decay_examples, global_batch=self.global_batch)
@@ -150,14 +153,16 @@ class TrainStep:
     return int(self.optimizer.iterations.numpy())
 
   @tf.function(autograph=False)
-  def _loss_and_gradients(self, video_matrix, num_frames, labels, divisor):
+  def _loss_and_gradients(self, video_matrix, num_frames, labels, divisor, label_weights=None):
     """Gradients of (sum of label losses + its share of the penalty) / divisor, with that sum
-    of label losses and the predictions."""
+    of label losses and the predictions. label_weights: see losses.py."""
     variables = self.model.trainable_variables
     size = tf.cast(tf.shape(labels)[0], tf.float32)
     with tf.GradientTape() as tape:
       predictions = self.model(video_matrix, num_frames, training=True)["predictions"]
-      label_sum = tf.cast(self.loss.calculate_loss(predictions, labels), tf.float32) * size
+      label_sum = tf.cast(self.loss.calculate_loss(predictions, labels,
+                                                   label_weights=label_weights),
+                          tf.float32) * size
       total = label_sum + self.options.regularization_penalty * (
           self.model.regularization_loss() * size)
       objective = total / divisor
@@ -187,7 +192,8 @@ class TrainStep:
 
     gradients, label_sum, predictions = tf.cond(
         size > 0, lambda: self._loss_and_gradients(batch["video_matrix"], batch["num_frames"],
-                                                   batch["labels"], divisor), nothing)
+                                                   batch["labels"], divisor,
+                                                   batch.get("label_weights")), nothing)
     reg_loss = self.model.regularization_loss()
     if self.replicas > 1:
       # One all-reduce carries the gradients, the loss, the example count and the
@@ -206,9 +212,12 @@ class TrainStep:
       gradients = [g / self.replicas for g in gradients]
     self.optimizer.apply_gradients(zip(gradients, variables))
     label_loss = label_sum / size
-    return dict(label_loss=label_loss, reg_loss=reg_loss,
-                total_loss=label_loss + penalty * reg_loss, predictions=predictions,
-                labels=batch["labels"], requests=requests)
+    outputs = dict(label_loss=label_loss, reg_loss=reg_loss,
+                   total_loss=label_loss + penalty * reg_loss, predictions=predictions,
+                   labels=batch["labels"], requests=requests)
+    if "label_weights" in batch:
+      outputs["label_weights"] = batch["label_weights"]
+    return outputs
 
   @tf.function(autograph=False)
   def __call__(self, batch, requests=(0, 0)):
@@ -220,6 +229,8 @@ class TrainStep:
     outputs = self.strategy.run(self._replica_step, args=(batch, requests))
     first = lambda v: self.strategy.experimental_local_results(v)[0]
     gather = lambda v: tf.concat(self.strategy.experimental_local_results(v), axis=0)
-    return dict(label_loss=first(outputs["label_loss"]), reg_loss=first(outputs["reg_loss"]),
-                total_loss=first(outputs["total_loss"]), requests=first(outputs["requests"]),
-                predictions=gather(outputs["predictions"]), labels=gather(outputs["labels"]))
+    results = dict(label_loss=first(outputs["label_loss"]), reg_loss=first(outputs["reg_loss"]),
+                   total_loss=first(outputs["total_loss"]), requests=first(outputs["requests"]))
+    results.update({k: gather(outputs[k]) for k in ("predictions", "labels", "label_weights")
+                    if k in outputs})
+    return results

@@ -27,6 +27,7 @@ from willow import model_blocks
 from willow import models
 from willow import record_errors
 from willow import saved_model
+from willow import segments
 from willow.train_step import TrainStep
 
 
@@ -56,6 +57,8 @@ class TrainOptions:
   seed: Optional[int] = None
   jit_compile: str = "auto"
   mixed_precision: str = "none"
+  segment_labels: bool = False
+  segment_size: int = 5
 
 
 # ----------------------------------------------------------------------------------------
@@ -165,7 +168,9 @@ class Trainer:
     self.chief = distribution.is_chief(strategy)
     self.replicas = strategy.num_replicas_in_sync
     self.global_batch = options.batch_size * self.replicas
-    self.reader = readers.reader_for(config)
+    # Segment-rated data: one example per rated segment, the loss over its rated classes.
+    self.reader = (segments.segment_reader(config, options.segment_size)
+                   if options.segment_labels else readers.reader_for(config))
     self.stop_requested = False
     # Non-chief workers must take part in saving; they write to a scratch directory.
     self.checkpoint_dir = options.train_dir if self.chief else tempfile.mkdtemp(
@@ -205,7 +210,8 @@ class Trainer:
   def distributed_dataset(self):
     # Only the tensors the step uses: an XLA-compiled step cannot take the string ids.
     def step_inputs(batch):
-      return {k: batch[k] for k in ("video_matrix", "num_frames", "labels")}
+      return {k: batch[k] for k in ("video_matrix", "num_frames", "labels", "label_weights")
+              if k in batch}
     return self.strategy.distribute_datasets_from_function(
         lambda ctx: self._dataset(ctx, num_epochs=self.options.num_epochs,
                                   seed=self.options.seed).map(
@@ -317,10 +323,15 @@ class Trainer:
     rates = progress.rates(step)
     predictions = outputs["predictions"].numpy()
     labels = outputs["labels"].numpy()
-    gap = eval_util.calculate_gap(predictions, labels)
-    hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
     loss = float(outputs["label_loss"])
-    line = "step %d | loss %.4f | GAP %.3f | hit@1 %.3f" % (step, loss, gap, hit_at_one)
+    if "label_weights" in outputs:  # segments: the rated pairs only; hit@1 means nothing
+      gap = segments.rated_pairs_gap(predictions, labels, outputs["label_weights"].numpy())
+      hit_at_one = None
+      line = "step %d | loss %.4f | GAP (rated pairs) %.3f" % (step, loss, gap)
+    else:
+      gap = eval_util.calculate_gap(predictions, labels)
+      hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
+      line = "step %d | loss %.4f | GAP %.3f | hit@1 %.3f" % (step, loss, gap, hit_at_one)
     if rates:
       steps_per_sec, examples_per_sec, eta = rates
       line += " | %.2f steps/s | %.1f examples/s" % (steps_per_sec, examples_per_sec)
@@ -331,7 +342,8 @@ class Trainer:
       tf.summary.scalar("model/label_loss", loss)
       tf.summary.scalar("model/reg_loss", float(outputs["reg_loss"]))
       tf.summary.scalar("model/Training_GAP", gap)
-      tf.summary.scalar("model/Training_Hit@1", hit_at_one)
+      if hit_at_one is not None:
+        tf.summary.scalar("model/Training_Hit@1", hit_at_one)
       tf.summary.scalar("learning_rate", float(self.optimizer.learning_rate))
       if rates:
         tf.summary.scalar("global_step/Examples/Second", rates[1])
