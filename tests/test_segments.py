@@ -507,7 +507,6 @@ def chance_map(truth, draws=200):
 
 def test_fine_tuned_on_segments_eval_agrees_with_the_submission_and_beats_chance(
     fine_tuned, segment_data, tmp_path):
-  from willow import checkpoints
   _, segment_dir, trainer = fine_tuned
   assert trainer.step == 80
   model, config, _ = configuration.load_trained_model(
