@@ -251,7 +251,7 @@ def define_flags(script: str, fv=None):
   define("integer", "eval_interval_secs", 60, "Seconds between checks for a new checkpoint.",
          "run", (EVAL,), lower_bound=0)
   define("string", "predictions_csv", "",
-         "Score this predictions CSV against the labels instead (no model).", "data", (EVAL,))
+         "Score this predictions CSV against the labels (no model).", "data", (EVAL,))
   # inference.py.
   define("string", "input_data_pattern", "", "Glob of the TFRecords to predict.", "data",
          (INFERENCE,))
