@@ -302,7 +302,7 @@ def script_flag_names(script: str) -> List[str]:
 
 def declare_key_flags(script: str, fv=None):
   """Makes the flags `script` reads key flags of the running script (sys.argv[0]), as absl
-  counts them for --helpfull; the other flags stay defined and accepted."""
+  counts them (--helpxml marks them); the other flags stay defined and accepted."""
   fv = FLAGS if fv is None else fv
   for name in script_flag_names(script):
     fv.register_key_flag_for_module(sys.argv[0], fv[name])
