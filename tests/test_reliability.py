@@ -725,7 +725,6 @@ def fuzz_files(num_mutations, seed, directory):
   pristine = open(write_records(os.path.join(directory, "f.tfrecord"), records), "rb").read()
   boundaries = set(record_offsets(os.path.join(directory, "f.tfrecord")) + [len(pristine)])
   pattern = os.path.join(directory, "*.tfrecord")
-  dataset = readers.get_input_dataset(small_reader(), pattern, 3, num_epochs=1)
   counts = {}
   for _ in range(num_mutations):
     data = bytearray(pristine)
@@ -739,6 +738,8 @@ def fuzz_files(num_mutations, seed, directory):
       data = data[:truncated_at]
     with open(os.path.join(directory, "f.tfrecord"), "wb") as f:
       f.write(bytes(data))
+    # A pipeline reads the sizes of its files when it is built.
+    dataset = readers.get_input_dataset(small_reader(), pattern, 3, num_epochs=1)
     try:
       ids = [v for batch in dataset for v in batch["video_ids"].numpy()]
     except tf.errors.OpError as e:
