@@ -3,6 +3,7 @@ plain-Python references, the bounded per-class top lists, the submission and its
 train -> eval -> inference on generated data."""
 import os
 import re
+import stat
 import tracemalloc
 
 import numpy as np
@@ -531,6 +532,10 @@ def test_fine_tuned_on_segments_eval_agrees_with_the_submission_and_beats_chance
   segments.merge_parts(merged, parts, 100000)
   with open(submission, "rb") as a, open(merged, "rb") as b:
     assert a.read() == b.read()
+  umask = os.umask(0)
+  os.umask(umask)
+  for path in [submission, merged] + parts:   # the mode a plain open(path, "w") gives
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
 
 
 def test_resuming_a_video_level_train_dir_on_segments(fine_tuned, segment_data):
