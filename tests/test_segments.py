@@ -151,6 +151,21 @@ def test_bad_rating_in_the_pipeline_names_its_file(tmp_path):
       path + ": video v7: segment start time 15 is outside the video's 12 frames")
 
 
+def test_skipping_corrupt_records_counts_records_not_segments(tmp_path, caplog):
+  path = str(tmp_path / "mixed.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(rated_record(b"A", 12))
+    writer.write(b"not a SequenceExample")
+    writer.write(rated_record(b"B", 23))
+  dataset = readers.get_input_dataset(reader(every_segment=True), path, 4, num_epochs=1,
+                                      skip_corrupt_records=True)
+  with caplog.at_level("INFO"):
+    ids = [i for batch in dataset for i in batch["video_ids"].numpy().tolist()]
+  assert ids == [b"A"] * 3 + [b"B"] * 5
+  assert ("--skip_corrupt_records: skipped 1 record(s) that could not be decoded; 2 record(s) "
+          "decoded") in caplog.text
+
+
 def test_segment_reader_needs_frame_level_features():
   config = models.ModelConfig(model="LogisticModel", frame_features=False)
   with pytest.raises(ValueError, match="--segment_labels reads frame-level records"):
