@@ -443,7 +443,7 @@ SMALL_MODEL = dict(model="NetVLADModelLF", feature_names=("rgb", "audio"),
 @pytest.fixture(scope="module")
 def segment_data(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("segments"))
-  for partition, count in (("train", 160), ("validate", 60)):
+  for partition, count in (("train", 160), ("validate", 60), ("test", 8)):
     make_synthetic_data.generate_partition(
         directory, partition, num_videos=count, num_shards=2, num_classes=NUM_CLASSES, seed=0,
         min_frames=15, max_frames_gen=45, segment_labels=True)
@@ -557,3 +557,9 @@ def test_resuming_a_video_level_train_dir_on_segments(fine_tuned, segment_data):
   video_dir, _, _ = fine_tuned
   trainer = train(video_dir, segment_data, max_steps=5, bn_calibration_batches=0)
   assert trainer.step == 5 and os.path.exists(os.path.join(video_dir, "model.ckpt-5.index"))
+
+
+def test_training_on_records_without_ratings_is_a_one_line_error(segment_data, tmp_path):
+  pattern = os.path.join(segment_data, "test*.tfrecord")   # the test partition has no ratings
+  with pytest.raises(ValueError, match="^%s: no rated segment to train on" % re.escape(pattern)):
+    train(str(tmp_path), segment_data, data_pattern=pattern, num_epochs=1)
