@@ -212,6 +212,16 @@ def test_equal_weights_are_kept_when_learning_does_not_help_on_the_held_out_fold
   assert report["choice"] == "equal" and report["weights"] == [1.0, 1.0]
 
 
+def test_cross_entropy_start_leaves_the_noise_model_out(three_models):
+  val_paths, val_truth, _ = three_models["val"]
+  table = prediction_metrics.build_pair_table(
+      [file_averaging.parse_prediction_file(p, NUM_CLASSES) for p in val_paths],
+      as_bytes_keys(val_truth), NUM_CLASSES)
+  weights = fit_ensemble_weights.cross_entropy_weights(table)
+  assert weights.sum() == pytest.approx(1.0) and weights.min() >= 0
+  assert weights[2] < 0.05 and weights[0] > weights[1]  # a has the stronger signal
+
+
 def test_heldout_fold_is_a_fixed_function_of_the_ids():
   ids = np.array([b"v%05d" % i for i in range(4000)])
   fold = fit_ensemble_weights.heldout_fold(ids, 0.25)
