@@ -334,3 +334,13 @@ def test_eval_scores_a_predictions_csv_like_eval_util(labelled_records, tmp_path
   assert scored["gap"] == pytest.approx(partial * actuals.sum() / all_positives, rel=1e-12)
   hits = sum(rows[i][0][0] in truth[ids[i]] for i in range(5, len(ids)))
   assert scored["hit_at_one"] == hits / len(ids) and scored["num_unpredicted"] == 5
+
+
+def test_eval_rejects_predictions_of_videos_without_labels(labelled_records, tmp_path):
+  import eval as eval_script  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  folder, truth = labelled_records
+  rows = model_rows(np.random.default_rng(9), truth, 2.0, 20)
+  path = write_predictions(tmp_path / "p.csv", list(truth)[:-1] + ["stranger"], rows)
+  with pytest.raises(ValueError, match=r"p.csv: video stranger has no labels in .*holdout\*"):
+    eval_script.score_predictions_csv(path, os.path.join(folder, "holdout*.tfrecord"),
+                                      NUM_CLASSES, 20)
