@@ -5,19 +5,20 @@
    of the validation set): `holdout*`, which no training glob matches, is the held-out set.
 2. Trains the seven configurations of the original README with their own command lines,
    scaled down (readme_configs.DEMO_SCALE; the scaled lines are printed).
-3. Writes each model's top-50 predictions of the held-out videos (inference.py --top_k=50) and
-   scores them (eval.py --predictions_csv).
+3. Writes each model's top-50 predictions of the held-out videos (inference.py --top_k=50).
 4. Writes each model's top-50 test predictions under the original README's file names.
-5. Learns ensemble weights on the held-out predictions (fit_ensemble_weights.py), blends the
-   test predictions with equal weights into WILLOW_submission.csv and with the learned
-   weights into WILLOW_submission_learned.csv (file_averaging.py), and scores each model and
-   both blends against the test partition's generated labels.
+5. Learns ensemble weights on the held-out predictions (fit_ensemble_weights.py, which also
+   scores each model there, as eval.py --predictions_csv would), blends the test predictions
+   with equal weights into WILLOW_submission.csv and with the learned weights into
+   WILLOW_submission_learned.csv (file_averaging.py), and scores each model and both blends
+   against the test partition's generated labels.
 
   python demo.py [--output_dir=demo_output] [--quick] [--models=netvlad,lstm]
       [--train_flags="--mixed_precision=bf16"]
 """
 import argparse
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -105,12 +106,6 @@ def scaled_commands(willow, data_dir, quick):
   return ["train.py"] + train, ["inference.py"] + inference
 
 
-def reported_gap(log_text):
-  """The GAP that eval.py --predictions_csv printed."""
-  match = re.search(r"GAP@\d+: ([0-9.]+)", log_text)
-  return float(match.group(1)) if match else float("nan")
-
-
 def parameter_count(log_text):
   match = re.search(r"model \w+: ([0-9,]+) trainable parameters", log_text)
   return int(match.group(1).replace(",", "")) if match else 0
@@ -163,12 +158,8 @@ def main():
     print("  trained in %.0f s" % (time.time() - started), flush=True)
     held_out = held_out_args(inference, willow, data_dir)
     run(held_out, os.path.join(logs, willow.key + "-inference-%s.log" % HELD_OUT), out)
-    scoring = ["eval.py", "--predictions_csv=" + readme_configs.flag_value(held_out, "output_file"),
-               "--eval_data_pattern=%s/%s*.tfrecord" % (data_dir, HELD_OUT),
-               "--num_classes=%d" % NUM_CLASSES]
-    gap = reported_gap(run(scoring, os.path.join(logs, willow.key + "-eval.log"), out))
     run(inference, os.path.join(logs, willow.key + "-inference.log"), out)
-    rows.append((willow.title, parameter_count(log), gap,
+    rows.append((willow.title, parameter_count(log),
                  test_gap(os.path.join(out, willow.inference_output),
                           make_synthetic_data.ground_truth_path(data_dir, "test"))))
   print("[5/5] learning ensemble weights on the held-out predictions, blending the test "
@@ -178,9 +169,11 @@ def main():
                  "--eval_data_pattern=%s/%s*.tfrecord" % (data_dir, HELD_OUT),
                  "--num_classes=%d" % NUM_CLASSES, "--output_file=ensemble_weights.json"],
                 os.path.join(logs, "fit_ensemble_weights.log"), out)
-  print("\n".join("    " + line for line in fit_log.splitlines()
-                   if not line.startswith(("I0000", "W0000", "WARNING: All log"))), flush=True)
+  report = fit_log[re.search(r"^\d+ videos \(", fit_log, re.M).start():]  # after TF's banner
+  print("\n".join("    " + line for line in report.splitlines()), flush=True)
   weights = re.search(r"^weights=(\S+)$", fit_log, re.M).group(1).split(",")
+  with open(os.path.join(out, "ensemble_weights.json")) as f:
+    held_out_gaps = [row["gap"]["all"] for row in json.load(f)["rows"][:len(chosen)]]
   blends = []
   for name, submission, inputs in (
       ("equal weights", EQUAL_SUBMISSION, [c.inference_output for c in chosen]),
@@ -194,12 +187,12 @@ def main():
   print("\nGAP@20 on videos no model was trained on (%d %s videos; %d test videos, against the "
         "generated labels):" % (len(truth[HELD_OUT]), HELD_OUT, len(truth["test"])))
   print("%-34s %12s %12s %10s" % ("model", "parameters", HELD_OUT + " GAP", "test GAP"))
-  for title, params, gap, test in rows:
+  for (title, params, test), gap in zip(rows, held_out_gaps):
     print("%-34s %12s %12.4f %10.4f" % (title, "{:,}".format(params), gap, test))
   for name, submission, gap in blends:
     print("%-34s %12s %12s %10.4f" % ("ensemble, %s" % name, "", "", gap)
           + "   (%s)" % submission)
-  best = max(row[3] for row in rows)
+  best = max(row[2] for row in rows)
   print("the learned-weight ensemble %s the best single model on the test videos (%.4f vs %.4f)"
         % ("beats" if blends[1][2] > best else "does not beat", blends[1][2], best))
   print("\ndemo finished in %.1f min; outputs in %s" % ((time.time() - start) / 60, out))

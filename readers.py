@@ -599,7 +599,8 @@ class _SkippedRecords:
 
     decoded = records.map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=deterministic).ignore_errors(log_warning=True)
-    return decoded.unbatch().map(count)
+    # Counted per record, before unbatching: a segment reader makes several examples of one.
+    return decoded.map(count).unbatch()
 
   def report_when_exhausted(self, dataset):
     """dataset, then an empty tail whose only effect is to log the counts."""

@@ -212,6 +212,16 @@ def test_equal_weights_are_kept_when_learning_does_not_help_on_the_held_out_fold
   assert report["choice"] == "equal" and report["weights"] == [1.0, 1.0]
 
 
+def test_cross_entropy_start_leaves_the_noise_model_out(three_models):
+  val_paths, val_truth, _ = three_models["val"]
+  table = prediction_metrics.build_pair_table(
+      [file_averaging.parse_prediction_file(p, NUM_CLASSES) for p in val_paths],
+      as_bytes_keys(val_truth), NUM_CLASSES)
+  weights = fit_ensemble_weights.cross_entropy_weights(table)
+  assert weights.sum() == pytest.approx(1.0) and weights.min() >= 0
+  assert weights[2] < 0.05 and weights[0] > weights[1]  # a has the stronger signal
+
+
 def test_heldout_fold_is_a_fixed_function_of_the_ids():
   ids = np.array([b"v%05d" % i for i in range(4000)])
   fold = fit_ensemble_weights.heldout_fold(ids, 0.25)
@@ -324,3 +334,13 @@ def test_eval_scores_a_predictions_csv_like_eval_util(labelled_records, tmp_path
   assert scored["gap"] == pytest.approx(partial * actuals.sum() / all_positives, rel=1e-12)
   hits = sum(rows[i][0][0] in truth[ids[i]] for i in range(5, len(ids)))
   assert scored["hit_at_one"] == hits / len(ids) and scored["num_unpredicted"] == 5
+
+
+def test_eval_rejects_predictions_of_videos_without_labels(labelled_records, tmp_path):
+  import eval as eval_script  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  folder, truth = labelled_records
+  rows = model_rows(np.random.default_rng(9), truth, 2.0, 20)
+  path = write_predictions(tmp_path / "p.csv", list(truth)[:-1] + ["stranger"], rows)
+  with pytest.raises(ValueError, match=r"p.csv: video stranger has no labels in .*holdout\*"):
+    eval_script.score_predictions_csv(path, os.path.join(folder, "holdout*.tfrecord"),
+                                      NUM_CLASSES, 20)

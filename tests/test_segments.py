@@ -3,6 +3,7 @@ plain-Python references, the bounded per-class top lists, the submission and its
 train -> eval -> inference on generated data."""
 import os
 import re
+import stat
 import tracemalloc
 
 import numpy as np
@@ -149,6 +150,21 @@ def test_bad_rating_in_the_pipeline_names_its_file(tmp_path):
       pass
   assert str(readers.describe_data_error(info.value)) == (
       path + ": video v7: segment start time 15 is outside the video's 12 frames")
+
+
+def test_skipping_corrupt_records_counts_records_not_segments(tmp_path, caplog):
+  path = str(tmp_path / "mixed.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(rated_record(b"A", 12))
+    writer.write(b"not a SequenceExample")
+    writer.write(rated_record(b"B", 23))
+  dataset = readers.get_input_dataset(reader(every_segment=True), path, 4, num_epochs=1,
+                                      skip_corrupt_records=True)
+  with caplog.at_level("INFO"):
+    ids = [i for batch in dataset for i in batch["video_ids"].numpy().tolist()]
+  assert ids == [b"A"] * 3 + [b"B"] * 5
+  assert ("--skip_corrupt_records: skipped 1 record(s) that could not be decoded; 2 record(s) "
+          "decoded") in caplog.text
 
 
 def test_segment_reader_needs_frame_level_features():
@@ -428,7 +444,7 @@ SMALL_MODEL = dict(model="NetVLADModelLF", feature_names=("rgb", "audio"),
 @pytest.fixture(scope="module")
 def segment_data(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("segments"))
-  for partition, count in (("train", 160), ("validate", 60)):
+  for partition, count in (("train", 160), ("validate", 60), ("test", 8)):
     make_synthetic_data.generate_partition(
         directory, partition, num_videos=count, num_shards=2, num_classes=NUM_CLASSES, seed=0,
         min_frames=15, max_frames_gen=45, segment_labels=True)
@@ -531,9 +547,19 @@ def test_fine_tuned_on_segments_eval_agrees_with_the_submission_and_beats_chance
   segments.merge_parts(merged, parts, 100000)
   with open(submission, "rb") as a, open(merged, "rb") as b:
     assert a.read() == b.read()
+  umask = os.umask(0)
+  os.umask(umask)
+  for path in [submission, merged] + parts:   # the mode a plain open(path, "w") gives
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
 
 
 def test_resuming_a_video_level_train_dir_on_segments(fine_tuned, segment_data):
   video_dir, _, _ = fine_tuned
   trainer = train(video_dir, segment_data, max_steps=5, bn_calibration_batches=0)
   assert trainer.step == 5 and os.path.exists(os.path.join(video_dir, "model.ckpt-5.index"))
+
+
+def test_training_on_records_without_ratings_is_a_one_line_error(segment_data, tmp_path):
+  pattern = os.path.join(segment_data, "test*.tfrecord")   # the test partition has no ratings
+  with pytest.raises(ValueError, match="^%s: no rated segment to train on" % re.escape(pattern)):
+    train(str(tmp_path), segment_data, data_pattern=pattern, num_epochs=1)

@@ -33,6 +33,8 @@ def atomic_output(path: str, mode: str = "w"):
   except OSError as e:
     raise InputError("cannot write %s: %s" % (path, e.strerror or e))
   try:
+    # mkstemp creates the file 0600; the output gets the mode a plain open(path, "w") gives.
+    os.fchmod(fd, 0o666 & ~_current_umask())
     with os.fdopen(fd, mode) as f:
       yield f
     os.replace(temporary, path)
@@ -43,6 +45,12 @@ def atomic_output(path: str, mode: str = "w"):
     if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
       raise InputError("cannot write %s: %s (it was left unchanged)" % (path, e.strerror or e))
     raise
+
+
+def _current_umask() -> int:
+  umask = os.umask(0)
+  os.umask(umask)
+  return umask
 
 
 # Errors only a write can raise (so one in the block is about this file, not a file it reads).

@@ -375,6 +375,7 @@ class Trainer:
     progress = Progress(self.global_batch, o.max_steps)
     last_save_time, last_save_step, last_export_step = time.time(), self.step, self.step
     reason = "epoch limit reached"
+    start_step = self.step
     try:
       for batch in self.distributed_dataset():
         # Time- and signal-driven decisions are this worker's; the step sums them over all
@@ -402,6 +403,9 @@ class Trainer:
         if o.export_model_steps > 0 and step - last_export_step >= o.export_model_steps:
           self.export()
           last_export_step = step
+      if o.segment_labels and self.step == start_step:
+        raise utils.InputError("%s: no rated segment to train on (records without "
+                               "segment_labels?)" % o.data_pattern)
       # Still under the signal handlers, so that a SIGTERM now cannot cut the save short.
       self.save(reason)
     except tf.errors.OpError as e:
