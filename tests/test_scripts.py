@@ -10,14 +10,15 @@ import pytest
 import tensorflow as tf
 
 import eval as eval_script
-import export_model
 import inference
 import make_synthetic_data
+import readers
 import utils
 from willow import checkpoints
 from willow import configuration
 from willow import models
 from willow import readme_configs
+from willow import saved_model
 from willow import submission_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +190,8 @@ def test_inference_writes_an_id_that_is_not_utf8_byte_for_byte(trained_dir, data
 def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
   train_dir, _ = trained_dir
   model, config, _ = configuration.load_trained_model(train_dir, -1, models.ModelConfig(), [])
-  export_dir = export_model.export_saved_model(model, config, str(tmp_path / "export"), top_k=4)
+  export_dir = saved_model.export_saved_model(model, readers.reader_for(config),
+                                              str(tmp_path / "export"), top_k=4)
   served = tf.saved_model.load(export_dir).signatures["serving_default"]
   files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "test*.tfrecord")))
   records = [r.numpy() for r in tf.data.TFRecordDataset(files).take(10)]
