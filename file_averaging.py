@@ -289,9 +289,6 @@ def write_submission(blend: Blend, output_file: str, top_k: Optional[int] = None
     raise InputError("top_k must be positive, got %d" % top_k)
   try:
     with fileio.atomic_output(output_file, "wb") as out:
-      umask = os.umask(0)
-      os.umask(umask)
-      os.fchmod(out.fileno(), 0o666 & ~umask)  # a temporary file is 0600; the CSV need not be
       out.write(submission_csv.HEADER_LINE)
       for first in range(0, len(blend.video_ids), WRITE_BLOCK_VIDEOS):
         rows = slice(first, first + WRITE_BLOCK_VIDEOS)

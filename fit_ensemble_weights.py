@@ -26,7 +26,6 @@ the fold they were fitted on and the held-out fold), and last a line `weights=w1
 """
 import hashlib
 import json
-import os
 import sys
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -271,9 +270,6 @@ def report_lines(report: Dict) -> List[str]:
 
 def write_json(path: str, report: Dict) -> None:
   with fileio.atomic_output(path) as out:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(out.fileno(), 0o666 & ~umask)  # the mode a plain open(path, "w") gives
     json.dump(report, out, indent=1)
     out.write("\n")
 

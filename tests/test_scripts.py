@@ -1,6 +1,7 @@
 """The scripts as a user runs them: command lines, logs, outputs, errors, determinism."""
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import types
@@ -16,6 +17,7 @@ import readers
 import utils
 from willow import checkpoints
 from willow import configuration
+from willow import fileio
 from willow import models
 from willow import readme_configs
 from willow import saved_model
@@ -25,10 +27,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 12
 
 
-def run_script(script, args, cwd=None):
+def run_script(script, args, cwd=None, umask=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args),
-                        capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+                        capture_output=True, text=True, cwd=cwd, env=env, timeout=900,
+                        preexec_fn=None if umask is None else lambda: os.umask(umask))
+
+
+def file_mode(path):
+  return stat.S_IMODE(os.stat(path).st_mode)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +82,9 @@ def test_train_logs_parameters_progress_and_saves_its_configuration(trained_dir)
   assert os.path.exists(os.path.join(train_dir, "model.ckpt-150.index"))
   saved = models.ModelConfig.from_json(open(os.path.join(train_dir, "model_config.json")).read())
   assert saved.netvlad_cluster_size == 8 and saved.moe_prob_gating
+  # Written under a temporary name and renamed, with the mode open(path, "w") gives.
+  for name in ("model_config.json", "train_flags.txt"):
+    assert file_mode(os.path.join(train_dir, name)) == fileio.plain_file_mode(), name
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(train_dir))
 
 
@@ -110,12 +120,14 @@ def read_csv(path):
 def test_inference_is_independent_of_batch_size(trained_dir, data_dir, tmp_path):
   train_dir, _ = trained_dir
   outputs = []
-  for batch_size in (1, 64):
+  for batch_size, umask in ((1, 0o027), (64, 0o002)):  # the CSV's mode follows the umask
     output = str(tmp_path / ("b%d.csv" % batch_size))
     result = run_script("inference.py", [
         "--train_dir=" + train_dir, "--output_file=" + output, "--top_k=5",
-        "--input_data_pattern=%s/test*.tfrecord" % data_dir, "--batch_size=%d" % batch_size])
+        "--input_data_pattern=%s/test*.tfrecord" % data_dir, "--batch_size=%d" % batch_size],
+        umask=umask)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert file_mode(output) == 0o666 & ~umask
     outputs.append(read_csv(output))
   assert outputs[0] == outputs[1]
   assert outputs[0][0] == "VideoId,LabelConfidencePairs" and len(outputs[0]) == 71

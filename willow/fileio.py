@@ -34,7 +34,7 @@ def atomic_output(path: str, mode: str = "w"):
     raise InputError("cannot write %s: %s" % (path, e.strerror or e))
   try:
     # mkstemp creates the file 0600; the output gets the mode a plain open(path, "w") gives.
-    os.fchmod(fd, 0o666 & ~_current_umask())
+    os.fchmod(fd, plain_file_mode())
     with os.fdopen(fd, mode) as f:
       yield f
     os.replace(temporary, path)
@@ -47,8 +47,22 @@ def atomic_output(path: str, mode: str = "w"):
     raise
 
 
-def _current_umask() -> int:
-  umask = os.umask(0)
+def plain_file_mode() -> int:
+  """The mode open(path, "w") gives a new file: 0666 less the process's umask."""
+  return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+  """The process's umask. Read from /proc where it can be (Linux): os.umask can only read it
+  by setting it, and a file another thread creates in between would get umask 0."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  umask = os.umask(0o077)  # the briefest window, and a safe mode for anything made in it
   os.umask(umask)
   return umask
 
