@@ -14,6 +14,7 @@ statistics as on one device.
 """
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -112,6 +113,56 @@ def test_inference_task_split_from_tf_config(monkeypatch, tf_config, expected):
   assert inference.task_split(1, 4) == (1, 4)  # the flags win over TF_CONFIG
   with pytest.raises(ValueError, match="outside"):
     inference.task_split(4, 4)
+
+
+class FakeResolver:
+  """What stopped_peer reads of a MultiWorkerMirroredStrategy's cluster resolver."""
+
+  def __init__(self, jobs, task_type, task_id):
+    self.jobs, self.task_type, self.task_id = jobs, task_type, task_id
+
+  def cluster_spec(self):
+    return tf.train.ClusterSpec(self.jobs)
+
+
+class FakeStrategy:
+  def __init__(self, jobs, task_type, task_id):
+    self.cluster_resolver = FakeResolver(jobs, task_type, task_id)
+
+
+# The two ways TensorFlow 2.21 reported a killed worker here (shortened).
+HEARTBEATS = ("Collective ops is aborted by: The following tasks are unhealthy (stopped sending "
+              "heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed. Check the "
+              "task logs for an earlier error to debug further.")
+UNREACHABLE = ("Collective ops is aborted by: failed to connect to all addresses; last error: "
+               "UNKNOWN: ipv4:127.0.0.1:2: Failed to connect to remote host: Connection refused"
+               "\nAdditional GRPC error information from remote target /job:worker/replica:0/"
+               "task:1 while calling /tensorflow.WorkerService/RecvBuf:")
+
+
+def test_a_stopped_peer_is_named_and_a_data_error_is_not_taken_for_one():
+  jobs = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+  chief, worker = FakeStrategy(jobs, "worker", 0), FakeStrategy(jobs, "worker", 1)
+  for error in (tf.errors.AbortedError(None, None, HEARTBEATS),
+                tf.errors.UnavailableError(None, None, UNREACHABLE)):
+    assert distribution.stopped_peer(error, chief) == "worker 1 (127.0.0.1:2)"
+  leader_gone = tf.errors.UnavailableError(None, None, (
+      "Failed to send RPC to coordination service. Either the leader task was preempted/died/"
+      "restarted unexpectedly ... from remote target /job:worker/replica:0/task:0 while calling "
+      "/tensorflow.CoordinationService/Heartbeat"))
+  assert distribution.stopped_peer(leader_gone, worker) == "worker 0 (127.0.0.1:1)"
+  assert distribution.stopped_peer(tf.errors.UnavailableError(
+      None, None, "Collective ops is aborted by: Socket closed"), chief) == "another worker"
+  own_data = tf.errors.InvalidArgumentError(None, None, (
+      "Name: a.tfrecord, Key: labels, ... [[{{node ParseExample}}]] on /job:worker/replica:0/"
+      "task:0/device:CPU:0"))
+  remote_file = tf.errors.UnavailableError(None, None, "Error executing an HTTP request: "
+                                           "Connection reset by peer, reading gs://b/a.tfrecord")
+  for error in (own_data, remote_file):
+    assert distribution.stopped_peer(error, chief) is None
+  one_worker = FakeStrategy({"worker": ["127.0.0.1:1"]}, "worker", 0)
+  assert distribution.stopped_peer(tf.errors.AbortedError(None, None, HEARTBEATS),
+                                   one_worker) is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -522,3 +573,46 @@ def test_inference_split_by_tf_config_merges_to_the_one_process_output(multi_wor
 if __name__ == "__main__":
   if sys.argv[1] == "mirrored":
     mirrored_main(*sys.argv[2:5])
+
+
+# ----------------------------------------------------------------------------------------
+# A worker killed mid-run.
+
+def test_a_killed_worker_stops_the_other_with_what_happened_and_what_to_do(tmp_path):
+  """Worker 1 is killed after step 4; the chief stops with one line that names worker 1, the
+  last checkpoint and the way out, and does not blame the data."""
+  data = str(tmp_path / "data")
+  write_video_level(data, "train", 8, 2, seed=6)
+  train_dir = str(tmp_path / "train")
+  ports = free_ports(2)
+  cluster = {"worker": ["127.0.0.1:%d" % p for p in ports]}
+  processes, logs = [], [str(tmp_path / ("worker%d.log" % i)) for i in range(2)]
+  try:
+    for index in range(2):
+      env = quiet_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                            "task": {"type": "worker", "index": index}}))
+      with open(logs[index], "w") as log:
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "train.py"), "--train_dir=" + train_dir,
+             "--train_data_pattern=" + os.path.join(data, "train*.tfrecord"),
+             "--batch_size=4", "--max_steps=100000", "--num_epochs=100000",
+             "--save_checkpoint_steps=2", "--export_model_steps=0"] + TRAIN_FLAGS,
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path)))
+    deadline = time.time() + PROCESS_TIMEOUT
+    while "] step 4 |" not in read(logs[1]):
+      assert processes[1].poll() is None and time.time() < deadline, read(logs[1])[-3000:]
+      time.sleep(0.2)
+    processes[1].kill()
+  finally:
+    communicate_or_kill(processes)
+  last_line = read(logs[0]).strip().splitlines()[-1]
+  assert processes[0].returncode == 1, read(logs[0])[-3000:]
+  latest = tf.train.latest_checkpoint(train_dir)
+  assert latest is not None
+  step = checkpoints.checkpoint_step(latest)
+  assert step >= 2
+  expected = (r"error: worker 1 \(127\.0\.0\.1:%d\) stopped or cannot be reached, so this "
+              r"worker stopped too at step \d+; the last checkpoint is step %d \(%s\): restart "
+              r"every worker with the same command to resume from it" % (
+                  ports[1], step, re.escape(latest)))
+  assert re.fullmatch(expected, last_line), last_line

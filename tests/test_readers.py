@@ -489,3 +489,13 @@ def test_describe_data_error_fallback_strips_clutter():
   message = "{{function_node __wrapped__X}} something odd [Op:IteratorGetNext]"
   error = tf.errors.UnknownError(None, None, message)
   assert str(readers.describe_data_error(error, "p*")) == "something odd (reading p*)"
+
+
+def test_an_error_with_the_nodes_stack_is_reported_by_its_message_not_a_frame():
+  # TensorFlow separates the frames of "Detected at node" with blank lines.
+  message = ('Graph execution error:\n\nDetected at node CheckNumerics defined at (most recent '
+             'call last):\n  File "train.py", line 80, in <module>\n\n  File ".../app.py", '
+             'line 316, in run\n\n  File ".../script_flags.py", line 241, in run\n\n'
+             'something odd\n\t [[{{node CheckNumerics}}]] [Op:__inference_f_6]')
+  error = tf.errors.InvalidArgumentError(None, None, message)
+  assert str(readers.describe_data_error(error, "p*")) == "something odd (reading p*)"

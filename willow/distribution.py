@@ -3,6 +3,7 @@
 TF_CONFIG is read in one place, through TensorFlow's own TFConfigClusterResolver (the reader
 MultiWorkerMirroredStrategy uses), by training and by inference.py's task split.
 """
+import re
 from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
@@ -86,3 +87,32 @@ def is_chief(strategy) -> bool:
   if resolver.task_type == "chief":
     return True
   return "chief" not in jobs and resolver.task_type == "worker" and resolver.task_id == 0
+
+
+# ----------------------------------------------------------------------------------------
+# A worker that stopped.
+
+# How TensorFlow tells a worker that another task of the cluster is gone: missed heartbeats, the
+# coordination service (on the first worker) out of reach, a collective op aborted. (A bare
+# "unavailable" may be a remote file system's: not enough.)
+_PEER_GONE = re.compile(r"unhealthy|stopped sending heartbeats|coordination service|"
+                        r"Collective ops is aborted", re.IGNORECASE)
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+def stopped_peer(exc: Exception, strategy) -> Optional[str]:
+  """The task that `exc` says has stopped or cannot be reached ("worker 1 (host:port)", or
+  "another worker" when the message names none), or None when exc is not about another task
+  (on one worker, always None)."""
+  jobs = _strategy_cluster(strategy)
+  if cluster_workers(jobs) <= 1:
+    return None
+  text = getattr(exc, "message", None) or str(exc)
+  resolver = strategy.cluster_resolver
+  this_task = (resolver.task_type, resolver.task_id)
+  others = [(job, int(index)) for job, index in _TASK.findall(text)
+            if (job, int(index)) != this_task and int(index) < len(jobs.get(job, []))]
+  if others:
+    job, index = others[0]
+    return "%s %d (%s)" % (job, index, jobs[job][index])
+  return "another worker" if _PEER_GONE.search(text) else None

@@ -42,8 +42,10 @@ _CLUTTER = [
     re.compile(r"\[Op:[^\]]*\]( name: \S*)?"),
     re.compile(r"Error in user-defined function passed to \S+ transformation with iterator: "
                r"\S+: "),
-    re.compile(r"Graph execution error:\s*Detected at node .*? defined at "
-               r"\(most recent call last\):.*?\n\n", re.S),
+    # The stack of the node that failed: every frame, not only the first (each frame line is
+    # followed by a blank line).
+    re.compile(r"Graph execution error:\s*(?:Detected at node [^\n]*? defined at "
+               r"\(most recent call last\):\s*(?:File \"[^\n]*\s*)*)?"),
 ]
 
 

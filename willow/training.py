@@ -282,7 +282,7 @@ class Trainer:
     try:
       path = self.manager.save(checkpoint_number=self.step)
     except (tf.errors.OpError, OSError) as e:
-      raise utils.InputError(
+      raise self.peer_stopped(e) or utils.InputError(
           "cannot save the checkpoint of step %d in %s: %s; the latest complete checkpoint is "
           "%s" % (self.step, self.checkpoint_dir, record_errors.error_message(e),
                   checkpoints.find_checkpoint(self.checkpoint_dir)))
@@ -303,6 +303,22 @@ class Trainer:
             "training stopped at step %d: %s holds NaN or Inf after the step's update; not "
             "saved; the last checkpoint in %s is intact" % (self.step, variable.name,
                                                            self.options.train_dir))
+
+  def peer_stopped(self, exc) -> Optional[utils.InputError]:
+    """When exc says that another worker stopped (killed, preempted, unreachable), what
+    happened and what to do, in one line; else None. Every worker stops with it: a
+    synchronous step cannot go on without one of them."""
+    peer = distribution.stopped_peer(exc, self.strategy)
+    if peer is None:
+      return None
+    last = checkpoints.find_checkpoint(self.options.train_dir) if tf.io.gfile.isdir(
+        self.options.train_dir) else None
+    resume = ("the last checkpoint is step %d (%s): restart every worker with the same "
+              "command to resume from it" % (checkpoints.checkpoint_step(last), last) if last
+              else "no checkpoint was saved yet: restart every worker with the same command "
+              "to start again")
+    return utils.InputError("%s stopped or cannot be reached, so this worker stopped too at "
+                            "step %d; %s" % (peer, self.step, resume))
 
   def export(self):
     # Every worker exports, as every worker saves (reading the batch-norm statistics is a
@@ -359,6 +375,8 @@ class Trainer:
         self.model.num_trainable_parameters), self.config.model)
     try:
       self._restore_and_train()
+    except tf.errors.OpError as e:  # outside the loop: restoring, the last export
+      raise self.peer_stopped(e) or e
     finally:
       if not self.chief:
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
@@ -409,7 +427,7 @@ class Trainer:
       # Still under the signal handlers, so that a SIGTERM now cannot cut the save short.
       self.save(reason)
     except tf.errors.OpError as e:
-      raise readers.describe_data_error(e, o.data_pattern)
+      raise self.peer_stopped(e) or readers.describe_data_error(e, o.data_pattern)
     finally:
       for s, handler in previous_handlers.items():
         signal.signal(s, handler)
