@@ -133,11 +133,13 @@ def main(unused_argv):
   readers.match_files(FLAGS.eval_data_pattern)
   requested = script_flags.model_config_from_flags()
   explicit = script_flags.explicit_model_flags()
-  writer = tf.summary.create_file_writer(FLAGS.train_dir)
-  model = config = predict = None
+  model = config = predict = writer = None
+  # Nothing is created before a checkpoint is found: a mistyped --train_dir is an error
+  # (new_checkpoints), not a new directory to watch.
   for path in new_checkpoints(FLAGS.train_dir, FLAGS.check_point, FLAGS.run_once,
                               FLAGS.eval_interval_secs):
     if model is None:  # built and traced once, then each new checkpoint is restored into it
+      writer = tf.summary.create_file_writer(FLAGS.train_dir)
       config = configuration.config_to_restore(FLAGS.train_dir, requested, explicit)
       model = checkpoints.build_model_to_restore(config, FLAGS.inference_precision)
       predict = (segments.prediction_function if FLAGS.segment_labels else

@@ -258,6 +258,19 @@ def test_clear_errors_and_no_partial_outputs(data_dir, tmp_path):
   assert result.returncode != 0 and "no_such_flag" in result.stderr
 
 
+def test_eval_on_a_missing_train_dir_is_an_error_and_creates_nothing(data_dir, tmp_path):
+  """Without --run_once, eval.py used to create the directory and wait for a checkpoint."""
+  missing = str(tmp_path / "mistyped")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "eval.py"), "--train_dir=" + missing,
+       "--eval_data_pattern=%s/validate*.tfrecord" % data_dir],
+      capture_output=True, text=True, env=env, timeout=120)
+  error = one_line_error(result)
+  assert result.returncode == 1 and missing in error and "does not exist" in error
+  assert os.listdir(tmp_path) == []
+
+
 FULL_SIZE = pytest.param(
     "full", marks=pytest.mark.skipif(
         not os.environ.get("WILLOW_FULL_SIZE_TESTS"),
