@@ -43,6 +43,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+import willow.tf_env  # noqa: F401  (TensorFlow's log level, before it loads)
+
 RGB_SIZE = 1024
 AUDIO_SIZE = 128
 FEATURE_SIZE = RGB_SIZE + AUDIO_SIZE

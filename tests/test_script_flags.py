@@ -11,6 +11,7 @@ from willow import configuration
 from willow import models
 from willow import readme_configs
 from willow import script_flags
+from willow import tf_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,3 +104,11 @@ def test_flags_doc_documents_every_flag():
   script_flags.define_flags("train", values)
   undocumented = [name for name in values if "`--%s`" % name not in flags_doc]
   assert not undocumented
+
+
+@pytest.mark.parametrize("argv, verbose", [
+    ([], False), (["--verbose"], True), (["--verbose=false"], False), (["-verbose=True"], True),
+    (["--verbose", "--noverbose"], False), (["--", "--verbose"], False),
+    (["--verbosity=1"], False)])
+def test_verbose_is_read_from_the_command_line_before_tensorflow_loads(argv, verbose):
+  assert tf_env.verbose_requested(["train.py"] + argv) is verbose

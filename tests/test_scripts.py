@@ -1,5 +1,6 @@
 """The scripts as a user runs them: command lines, logs, outputs, errors, determinism."""
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -256,6 +257,36 @@ def test_clear_errors_and_no_partial_outputs(data_dir, tmp_path):
   assert "feature_sizes" in error
   result = run_script("train.py", ["--no_such_flag=3"])
   assert result.returncode != 0 and "no_such_flag" in result.stderr
+
+
+# What TensorFlow prints while it loads, before it reads TF_CPP_MIN_LOG_LEVEL (docs/flags.md).
+BEFORE_TENSORFLOW_READS_ITS_LEVEL = (
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"I0000 [\d:. ]+port\.cc:\d+\] oneDNN custom operations are on\. .*")
+
+
+def test_tensorflows_own_log_lines_show_only_with_verbose(trained_dir, data_dir):
+  """Quiet by default: the script's lines and the few TensorFlow prints before it reads its log
+  level; --verbose shows TensorFlow's banners (CPU features) and its Python INFO lines."""
+  ours = {name[:-3] for name in os.listdir(ROOT) + os.listdir(os.path.join(ROOT, "willow"))
+          if name.endswith(".py")}
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env["PYTHONPATH"] = ROOT
+  logs = []
+  for verbose in ([], ["--verbose"]):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "eval.py"), "--train_dir=" + trained_dir[0],
+         "--eval_data_pattern=%s/validate*.tfrecord" % data_dir, "--run_once",
+         "--batch_size=64"] + verbose, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs.append(result.stderr.splitlines())
+  quiet, verbose = logs
+  foreign = [line for line in quiet
+             if not re.match(r"[IWE]\d{4} [\d:. ]+ \d+ (%s)\.py:\d+\] " % "|".join(ours), line)
+             and not any(re.fullmatch(p, line) for p in BEFORE_TENSORFLOW_READS_ITS_LEVEL)]
+  assert foreign == [] and any("GAP:" in line for line in quiet), quiet
+  assert any("cpu_feature_guard" in line for line in verbose), verbose
+  assert len(verbose) > len(quiet)
 
 
 def test_eval_on_a_missing_train_dir_is_an_error_and_creates_nothing(data_dir, tmp_path):

@@ -27,6 +27,7 @@ from willow import checkpoints
 from willow import distribution
 from willow import model_blocks
 from willow import models
+from willow import tf_env
 from willow import train_step
 from willow import training
 
@@ -195,6 +196,8 @@ def define_flags(script: str, fv=None):
          "run", RESTORING, enum_values=list(checkpoints.PRECISIONS))
   define("integer", "top_k", 20, "Predictions kept per video (eval: for GAP; inference: "
          "written).", "output", RESTORING, lower_bound=1)
+  define("bool", "verbose", False,
+         "Show TensorFlow's own log lines (also: TF_CPP_MIN_LOG_LEVEL=0).", "output", SCRIPTS)
   # train.py.
   define("string", "train_data_pattern", "", "Glob of the training TFRecords.", "data",
          (TRAIN,))
@@ -441,6 +444,8 @@ def run(main, script: str):
   declare_key_flags(script)
 
   def guarded_main(argv):
+    if FLAGS.verbose:  # e.g. from a --flagfile, which willow/tf_env.py does not read
+      tf_env.set_tensorflow_verbosity(True)
     try:
       return main(argv)
     except (utils.InputError, FloatingPointError) as e:
@@ -450,12 +455,17 @@ def run(main, script: str):
   app.run(guarded_main, flags_parser=functools.partial(parse_flags, script=script))
 
 
+# How a run talks, not what it computes: left out of the flagfile of a run.
+_CONSOLE_FLAGS = ("verbose",)
+
+
 def flagfile_text(script: str, fv=None, config: Optional[models.ModelConfig] = None) -> str:
   """The flags `script` read and their values, in absl's flagfile format (one --name=value a
   line): `python <script>.py --flagfile=FILE` runs with them again. The model flags are those
   of `config` when given (the configuration a resumed run really trained)."""
   fv = FLAGS if fv is None else fv
-  values = {name: fv[name].value for name in script_flag_names(script)}
+  values = {name: fv[name].value for name in script_flag_names(script)
+            if name not in _CONSOLE_FLAGS}
   if config is not None:
     values.update({name: _flag_value(getattr(config, name)) for name in models.CONFIG_FIELDS})
   lines = ["--%s" % name if value is True else "--no%s" % name if value is False
