@@ -89,13 +89,31 @@ def part_file_name(output_file: str, task_index: int, num_tasks: int) -> str:
   return "%s.part-%05d-of-%05d" % (output_file, task_index, num_tasks)
 
 
+# Inference holds each batch several times over (decoded, cast to --inference_precision, the
+# model's activations), so its peak memory follows the videos read at a time. At most this many
+# bytes of decoded input are read at a time, whatever --batch_size: 48 videos of 300 frames of
+# rgb + audio in float64, all of a 8192-video batch of video-level features. The scores do not
+# depend on it (float64) and smaller batches are no slower.
+MAX_BATCH_INPUT_BYTES = 128 << 20
+
+
+def videos_per_read(reader, batch_size: int, compute_dtype) -> int:
+  """--batch_size, or fewer videos when a batch of them would exceed MAX_BATCH_INPUT_BYTES."""
+  frames = getattr(reader, "max_frames", 1)  # video-level readers: one vector a video
+  bytes_per_video = frames * sum(reader.feature_sizes) * tf.as_dtype(compute_dtype).size
+  return max(1, min(batch_size, MAX_BATCH_INPUT_BYTES // bytes_per_video))
+
+
 def run_inference(model, config, data_pattern, output_file, batch_size, top_k, num_readers,
                   task_index=0, num_tasks=1, skip_corrupt_records=False, jit_compile=False):
-  """Predicts every record matched by data_pattern and writes output_file atomically."""
+  """Predicts every record matched by data_pattern and writes output_file atomically.
+
+  Reads at most videos_per_read videos at a time; logs progress every batch_size videos."""
   reader = readers.reader_for(config)
   dataset = readers.get_input_dataset(
-      reader, data_pattern, batch_size, num_readers=num_readers, shuffle=False, num_epochs=1,
-      num_shards=num_tasks, shard_index=task_index, skip_corrupt_records=skip_corrupt_records)
+      reader, data_pattern, videos_per_read(reader, batch_size, model.compute_dtype),
+      num_readers=num_readers, shuffle=False, num_epochs=1, num_shards=num_tasks,
+      shard_index=task_index, skip_corrupt_records=skip_corrupt_records)
   predict = make_predict_fn(model, top_k, jit_compile)
   start, count = time.time(), 0
   with fileio.atomic_output(output_file, "wb") as out:
@@ -106,9 +124,10 @@ def run_inference(model, config, data_pattern, output_file, batch_size, top_k, n
         # Ids are copied as bytes: one that is not UTF-8 (a corrupt record) must not end a run.
         out.write(submission_csv.format_rows(batch["video_ids"].numpy(), classes.numpy(),
                                              scores.numpy()))
-        count += int(scores.shape[0])
-        elapsed = time.time() - start
-        logging.info("%d videos written | %.1f videos/s", count, count / max(elapsed, 1e-9))
+        previous, count = count, count + int(scores.shape[0])
+        if count // batch_size > previous // batch_size:
+          logging.info("%d videos written | %.1f videos/s", count,
+                       count / max(time.time() - start, 1e-9))
     except tf.errors.OpError as e:
       raise readers.describe_data_error(e, data_pattern)
   logging.info("wrote %s: %d videos in %.1f s", output_file, count, time.time() - start)

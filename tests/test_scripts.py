@@ -139,6 +139,38 @@ def test_inference_is_independent_of_batch_size(trained_dir, data_dir, tmp_path)
   assert all(len(s.split(".")[1]) == 6 for s in tokens[1::2])
 
 
+def test_inference_reads_a_bounded_number_of_videos_whatever_the_batch_size(
+    trained_dir, data_dir, tmp_path, monkeypatch):
+  """Peak memory follows the videos decoded at a time: --batch_size=8192 reads batches of at
+  most MAX_BATCH_INPUT_BYTES of input and writes the same bytes as small batches."""
+  frame_reader = readers.get_reader(True, ["rgb", "audio"], [1024, 128])
+  assert inference.videos_per_read(frame_reader, 8192, tf.float64) == (
+      (128 << 20) // (300 * 1152 * 8)) == 48
+  assert inference.videos_per_read(frame_reader, 8192, tf.float32) == 97
+  assert inference.videos_per_read(frame_reader, 20, tf.float64) == 20
+  video_reader = readers.get_reader(False, ["mean_rgb", "mean_audio"], [1024, 128])
+  assert inference.videos_per_read(video_reader, 8192, tf.float64) == 8192
+  model, config, _ = configuration.load_trained_model(trained_dir[0], -1, models.ModelConfig(),
+                                                         [])
+  pattern = "%s/test*.tfrecord" % data_dir
+  inference.run_inference(model, config, pattern, str(tmp_path / "b7.csv"), 7, 5, 2)
+  sizes = []
+  make_predict_fn = inference.make_predict_fn
+
+  def recording_predict_fn(*args, **kwargs):
+    predict = make_predict_fn(*args, **kwargs)
+    def recording(video_matrix, num_frames):
+      sizes.append(int(video_matrix.shape[0]))
+      return predict(video_matrix, num_frames)
+    return recording
+  monkeypatch.setattr(inference, "make_predict_fn", recording_predict_fn)
+  monkeypatch.setattr(inference, "MAX_BATCH_INPUT_BYTES", 3 * 300 * 1152 * 8 + 1)
+  inference.run_inference(model, config, pattern, str(tmp_path / "b8192.csv"), 8192, 5, 2)
+  assert max(sizes) == 3 and sum(sizes) == 70
+  with open(tmp_path / "b7.csv", "rb") as small, open(tmp_path / "b8192.csv", "rb") as large:
+    assert small.read() == large.read()
+
+
 def test_inference_in_two_parts_merges_to_the_single_process_output(trained_dir, data_dir,
                                                                     tmp_path):
   train_dir, _ = trained_dir
