@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 
 import readers
+import utils
 from willow import checkpoints
 from willow import configuration
 from willow import distribution
@@ -44,6 +45,14 @@ def main(unused_argv):
     np.random.seed(FLAGS.seed)
   script_flags.require_flags("train_data_pattern")
   readers.match_files(FLAGS.train_data_pattern)  # an empty glob is an error before any work
+  if FLAGS.eval_data_pattern and FLAGS.segment_labels:
+    raise utils.InputError("--eval_data_pattern evaluates video labels while training; evaluate "
+                           "a --segment_labels model's checkpoints with eval.py --segment_labels")
+  if FLAGS.eval_data_pattern:
+    readers.match_files(FLAGS.eval_data_pattern)
+  elif FLAGS.eval_every_n_steps:
+    raise utils.InputError("--eval_every_n_steps=%d needs --eval_data_pattern" %
+                           FLAGS.eval_every_n_steps)
   strategy = distribution.choose_strategy(FLAGS.distribution_strategy)
   is_chief = distribution.is_chief(strategy)
   if FLAGS.start_new_model and is_chief:

@@ -13,8 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
 
-import eval as eval_script  # pylint: disable=g-import-not-at-top
 import make_synthetic_data  # pylint: disable=g-import-not-at-top
+from willow import evaluation  # pylint: disable=g-import-not-at-top
 from willow import models  # pylint: disable=g-import-not-at-top
 from willow import training  # pylint: disable=g-import-not-at-top
 
@@ -43,9 +43,9 @@ def main():
   model = trainer.model
   model.compute_dtype = tf.float64
   pattern = data + "/validate*.tfrecord"
-  raw = eval_script.evaluate(model, config, pattern, 128, 2, top_k=20)
+  raw = evaluation.evaluate(model, config, pattern, 128, 2, top_k=20)
   used = training.calibrate_batch_norm(model, trainer.calibration_batches(), args.batches)
-  precise = eval_script.evaluate(model, config, pattern, 128, 2, top_k=20)
+  precise = evaluation.evaluate(model, config, pattern, 128, 2, top_k=20)
   print("gated NetVLAD (16 clusters, hidden 64), %d steps of batch 32, 100 classes" % args.steps)
   print("%-44s %8s %8s" % ("batch-norm statistics at evaluation", "GAP@20", "hit@1"))
   print("%-44s %8.4f %8.4f" % ("moving averages (momentum 0.999)", raw["gap"],

@@ -473,6 +473,7 @@ def multi_worker(tmp_path_factory):
         ["--save_checkpoint_steps=100", "--export_model_steps=2"],
         ["--save_checkpoint_steps=2", "--export_model_steps=2"]])
     files_after_first = sorted(os.listdir(train_dir))
+    train_events_after_first = os.listdir(os.path.join(train_dir, "train"))
     second = run_two_workers(work_dir, "second", pattern, train_dir, 6, [
         ["--export_model_steps=0"], ["--export_model_steps=0"]])
     single_log, _ = single.communicate(timeout=PROCESS_TIMEOUT)
@@ -482,7 +483,8 @@ def multi_worker(tmp_path_factory):
       single.wait()
   assert single.returncode == 0, single_log[-3000:]
   return dict(work_dir=work_dir, train_dir=train_dir, single_dir=single_dir, first=first,
-              second=second, single_log=single_log, files_after_first=files_after_first)
+              second=second, single_log=single_log, files_after_first=files_after_first,
+              train_events_after_first=train_events_after_first)
 
 
 def logged_losses(log):
@@ -498,13 +500,14 @@ def test_two_workers_log_their_strategy_and_agree_on_checkpoints(multi_worker):
   # collective op, so a save on one worker only would hang or break the run).
   assert "saved %s/model.ckpt-2 (periodic" % multi_worker["train_dir"] in chief
   assert "saved worker checkpoint (periodic" in worker
-  assert "saved worker checkpoint (reached --max_steps" in worker
+  assert "saved worker checkpoint (--max_steps=3 reached" in worker
 
 
 def test_only_the_chief_writes_to_train_dir_and_the_scratch_dirs_are_removed(multi_worker):
   files = multi_worker["files_after_first"]
-  assert [f for f in files if f.startswith("events.out")] != []
-  assert len([f for f in files if f.startswith("events.out")]) == 1
+  assert "train" in files and "validation" not in files  # TensorBoard's run of training
+  assert len([f for f in multi_worker["train_events_after_first"]
+              if f.startswith("events.out")]) == 1
   assert {f for f in files if f.startswith("model.ckpt")} == {
       "model.ckpt-%d.%s" % (step, suffix) for step in (2, 3)
       for suffix in ("index", "data-00000-of-00001")}

@@ -18,6 +18,7 @@ import readers
 import utils
 from willow import checkpoints
 from willow import configuration
+from willow import evaluation
 from willow import fileio
 from willow import models
 from willow import readme_configs
@@ -86,16 +87,17 @@ def test_train_logs_parameters_progress_and_saves_its_configuration(trained_dir)
   # Written under a temporary name and renamed, with the mode open(path, "w") gives.
   for name in ("model_config.json", "train_flags.txt"):
     assert file_mode(os.path.join(train_dir, name)) == fileio.plain_file_mode(), name
-  assert any(name.startswith("events.out.tfevents") for name in os.listdir(train_dir))
+  assert any(name.startswith("events.out.tfevents")
+             for name in os.listdir(os.path.join(train_dir, "train")))
 
 
 def test_training_beats_an_untrained_model_on_held_out_data(trained_dir, data_dir):
   train_dir, _ = trained_dir
   model, config, _ = configuration.load_trained_model(train_dir, -1, models.ModelConfig(), [])
   pattern = os.path.join(data_dir, "validate*.tfrecord")
-  trained = eval_script.evaluate(model, config, pattern, 64, 2, top_k=20)["gap"]
-  untrained = eval_script.evaluate(models.build_model(config), config, pattern, 64, 2,
-                                   top_k=20)["gap"]
+  trained = evaluation.evaluate(model, config, pattern, 64, 2, top_k=20)["gap"]
+  untrained = evaluation.evaluate(models.build_model(config), config, pattern, 64, 2,
+                                  top_k=20)["gap"]
   assert trained > 0.5 and trained > untrained + 0.3, (trained, untrained)
 
 
@@ -321,6 +323,51 @@ def test_tensorflows_own_log_lines_show_only_with_verbose(trained_dir, data_dir)
   assert len(verbose) > len(quiet)
 
 
+def scalars_of(events_file):
+  """{tag: {step: value}} of a TensorBoard events file."""
+  found = {}
+  for record in tf.data.TFRecordDataset(events_file):
+    event = tf.compat.v1.Event.FromString(record.numpy())
+    for value in event.summary.value:
+      found.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor).item()
+  return found
+
+
+def test_evaluation_while_training_reports_what_eval_py_reports_for_the_checkpoint(
+    data_dir, tmp_path):
+  """train.py --eval_data_pattern evaluates every 4 steps and at the end (step 6, a
+  checkpoint): its scalars in <train_dir>/validation equal eval.py's for that checkpoint,
+  computed with the batch-norm statistics re-estimated for it."""
+  train_dir = str(tmp_path / "train")
+  pattern = "%s/validate*.tfrecord" % data_dir
+  result = run_script("train.py", SMALL_NETVLAD + [
+      "--train_data_pattern=%s/train*.tfrecord" % data_dir, "--train_dir=" + train_dir,
+      "--batch_size=16", "--max_steps=6", "--bn_calibration_batches=3", "--seed=3",
+      "--export_model_steps=0", "--eval_data_pattern=" + pattern, "--eval_every_n_steps=4"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [line.split("] ")[1].split(" |")[0] for line in result.stderr.splitlines()
+          if "epoch/eval number" in line] == ["epoch/eval number 4", "epoch/eval number 6"]
+  assert "examples_processed" not in result.stderr  # one line an evaluation
+  training_events = os.listdir(os.path.join(train_dir, "train"))
+  assert "model/Training_GAP" in scalars_of(os.path.join(train_dir, "train",
+                                                         training_events[0]))
+  [while_training] = os.listdir(os.path.join(train_dir, "validation"))
+  during = scalars_of(os.path.join(train_dir, "validation", while_training))
+  assert sorted(during["Epoch/Eval_GAP"]) == [4, 6]
+  result = run_script("eval.py", [
+      "--train_dir=" + train_dir, "--eval_data_pattern=" + pattern, "--run_once",
+      "--batch_size=16", "--inference_precision=float32"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  [by_eval_py] = set(os.listdir(os.path.join(train_dir, "validation"))) - {while_training}
+  after = scalars_of(os.path.join(train_dir, "validation", by_eval_py))
+  for tag in ("Epoch/Eval_GAP", "Epoch/Eval_MAP", "Epoch/Eval_Avg_Hit@1", "Epoch/Eval_Avg_Loss"):
+    assert after[tag] == {6: during[tag][6]}, tag
+  assert 0 < during["Epoch/Eval_GAP"][6] < 1
+  assert sorted(os.listdir(train_dir)) == ["checkpoint", "model.ckpt-6.data-00000-of-00001",
+                                           "model.ckpt-6.index", "model_config.json", "train",
+                                           "train_flags.txt", "validation"]
+
+
 def test_eval_on_a_missing_train_dir_is_an_error_and_creates_nothing(data_dir, tmp_path):
   """Without --run_once, eval.py used to create the directory and wait for a checkpoint."""
   missing = str(tmp_path / "mistyped")
@@ -403,18 +450,18 @@ def test_eval_restores_each_new_checkpoint_into_one_model(trained_dir, data_dir,
   found = eval_script.new_checkpoints(watched, interval_secs=7, sleep=add_second_checkpoint)
   config = configuration.config_to_restore(watched, models.ModelConfig(), [])
   model = checkpoints.build_model_to_restore(config)
-  predict = eval_script.prediction_function(model)
+  predict = evaluation.prediction_function(model)
   gaps = []
   try:
     for path in found:
       checkpoints.restore_trained_weights(model, config, path)
       gaps.append((checkpoints.checkpoint_step(path),
-                   eval_script.evaluate(model, config, pattern, 64, 2, top_k=20,
-                                        predict=predict)["gap"]))
+                   evaluation.evaluate(model, config, pattern, 64, 2, top_k=20,
+                                       predict=predict)["gap"]))
   except StopWatching:
     pass
   fresh, _, _ = configuration.load_trained_model(watched, 999, models.ModelConfig(), [])
-  expected = [eval_script.evaluate(m, config, pattern, 64, 2, top_k=20)["gap"]
+  expected = [evaluation.evaluate(m, config, pattern, 64, 2, top_k=20)["gap"]
               for m in (trained, fresh)]
   assert [step for step, _ in gaps] == [150, 999]
   assert [gap for _, gap in gaps] == pytest.approx(expected, abs=1e-9)

@@ -1,16 +1,18 @@
 """Training loop pieces: schedule, optimizers, the step's arithmetic, precise BN, resume."""
 import os
+import re
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import eval as eval_script
 import inference
 import make_synthetic_data
+import readers
 from tests.test_models import TINY, TINY_MODELS
 from willow import configuration
+from willow import evaluation
 from willow import models
 from willow import train_step
 from willow import training
@@ -177,8 +179,8 @@ def test_every_model_trains_resumes_evaluates_and_infers(tmp_path, data_dir, nam
   assert resumed.step == 5
   model, config, path = configuration.load_trained_model(train_dir, -1, config, [])
   assert path.endswith("model.ckpt-5")
-  results = eval_script.evaluate(model, config, os.path.join(data_dir, "validate*.tfrecord"), 16, 2,
-                                 top_k=5)
+  results = evaluation.evaluate(model, config, os.path.join(data_dir, "validate*.tfrecord"), 16,
+                                2, top_k=5)
   assert results["num_examples"] == 48 and 0 <= results["gap"] <= 1
   output = str(tmp_path / "out.csv")
   assert inference.run_inference(model, config, os.path.join(data_dir, "test*.tfrecord"), output,
@@ -186,3 +188,32 @@ def test_every_model_trains_resumes_evaluates_and_infers(tmp_path, data_dir, nam
   lines = open(output).read().splitlines()
   assert lines[0] == "VideoId,LabelConfidencePairs" and len(lines) == 41
   assert len(lines[1].split(",")[1].split()) == 6
+
+
+def test_the_epoch_limit_gives_the_eta_and_the_message_that_ends_training(tmp_path, data_dir,
+                                                                          caplog):
+  files = readers.match_files(os.path.join(data_dir, "*a*??.tfrecord"))
+  records = sum(1 for path in files for _ in tf.data.TFRecordDataset(path))  # the reference
+  assert records == 96 + 48 and readers.count_records(files) == (records, True)
+  estimate, exact = readers.count_records(files * 50, max_seconds=0)  # extrapolated from one
+  assert not exact and abs(estimate - 50 * records) < 0.25 * 50 * records
+  assert training.steps_for_epochs(144, 1, 8, 1) == 18
+  assert training.steps_for_epochs(145, 2, 8, 1) == 37  # the last batch is partial
+  assert training.steps_for_epochs(145, 2, 8, 2) == 36  # each worker drops its partial one
+  config = tiny_config("NetVLAD")
+  train_dir = str(tmp_path / "train")
+  make = lambda **o: training.Trainer(config, options(train_dir, data_dir, **o),
+                                      tf.distribute.get_strategy())
+  assert make(max_steps=10, num_epochs=1).step_limit() == (10, "--max_steps=10")
+  trainer = make(max_steps=None, num_epochs=1, log_steps=5)
+  assert trainer.step_limit() == (18, "--num_epochs=1")
+  with caplog.at_level("INFO"):
+    trainer.run()
+  assert trainer.step == 18
+  progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 10 |")]
+  assert len(progress) == 1 and re.search(r"\| ETA \d+:\d\d:\d\d \(--num_epochs=1\)$",
+                                          progress[0]), progress
+  assert "training finished at step 18 (--num_epochs=1 reached)" in caplog.text
+  resumed = make(max_steps=1000, num_epochs=2)  # each run makes its --num_epochs passes
+  resumed.restore_or_initialize()
+  assert resumed.step_limit() == (18 + 36, "--num_epochs=2")

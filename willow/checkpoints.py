@@ -88,6 +88,11 @@ def find_checkpoint(location: str, step: int = -1) -> Optional[str]:
   return found[0] if found else None
 
 
+def train_dir_of(location: str) -> str:
+  """The train_dir of a find_checkpoint location: itself, or a checkpoint prefix's directory."""
+  return location if tf.io.gfile.isdir(location) else os.path.dirname(location)
+
+
 def require_checkpoint(location: str, step: int = -1) -> str:
   """find_checkpoint, where a train_dir without a checkpoint is an error."""
   path = find_checkpoint(location, step)

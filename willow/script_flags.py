@@ -248,8 +248,12 @@ def define_flags(script: str, fv=None):
          "Start from the weights of this train_dir (or TF1 original's).", "run",
          (TRAIN,))
   # eval.py.
-  define("string", "eval_data_pattern", "", "Glob of the evaluation TFRecords.", "data",
-         (EVAL,))
+  define("string", "eval_data_pattern", "",
+         "Glob of the evaluation TFRecords (train.py: evaluated while training).", "data",
+         (TRAIN, EVAL))
+  define("integer", "eval_every_n_steps", 0,
+         "Steps between evaluations on --eval_data_pattern (0: only at the end).", "run",
+         (TRAIN,), lower_bound=0)
   define("bool", "run_once", False, "Evaluate one checkpoint and exit.", "run", (EVAL,))
   define("integer", "eval_interval_secs", 60, "Seconds between checks for a new checkpoint.",
          "run", (EVAL,), lower_bound=0)

@@ -12,7 +12,7 @@ import shutil
 import signal
 import tempfile
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +23,7 @@ import readers
 import utils
 from willow import checkpoints
 from willow import distribution
+from willow import evaluation
 from willow import model_blocks
 from willow import models
 from willow import record_errors
@@ -59,6 +60,8 @@ class TrainOptions:
   mixed_precision: str = "none"
   segment_labels: bool = False
   segment_size: int = 5
+  eval_data_pattern: str = ""
+  eval_every_n_steps: int = 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -102,10 +105,11 @@ def model_blocks_has_batch_norm(model) -> bool:
 # Progress.
 
 class Progress:
-  """Steps/s, examples/s and ETA over the last logging interval."""
+  """Steps/s, examples/s and the ETA to `last_step` (None: unknown), the step where `limit`
+  (the flag that ends training there) stops it, over the last logging interval."""
 
-  def __init__(self, global_batch: int, max_steps: Optional[int]):
-    self.global_batch, self.max_steps = global_batch, max_steps
+  def __init__(self, global_batch: int, last_step: Optional[int] = None, limit: str = ""):
+    self.global_batch, self.last_step_to_run, self.limit = global_batch, last_step, limit
     self.last_time, self.last_step = time.time(), None
 
   def rates(self, step: int):
@@ -116,9 +120,18 @@ class Progress:
     steps_per_sec = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.last_step, self.last_time = step, now
     eta = None
-    if self.max_steps and steps_per_sec > 0:
-      eta = max(self.max_steps - step, 0) / steps_per_sec
+    if self.last_step_to_run is not None and steps_per_sec > 0:
+      eta = max(self.last_step_to_run - step, 0) / steps_per_sec
     return steps_per_sec, steps_per_sec * self.global_batch, eta
+
+
+def steps_for_epochs(num_records: int, num_epochs: int, global_batch: int,
+                     replicas: int) -> int:
+  """Steps of num_epochs passes over num_records records. Batches run across epoch
+  boundaries: on one replica every example is in a step and the last one may be partial; on
+  several, each worker drops its last partial batch (about one step fewer)."""
+  examples = num_records * num_epochs
+  return -(-examples // global_batch) if replicas == 1 else examples // global_batch
 
 
 def format_duration(seconds) -> str:
@@ -128,6 +141,9 @@ def format_duration(seconds) -> str:
 
 # ----------------------------------------------------------------------------------------
 # The trainer.
+
+# GAP@20 of the evaluations while training: the challenge's metric (eval.py's --top_k).
+EVAL_TOP_K = 20
 
 def make_train_dir(train_dir: str):
   """Creates train_dir; a path that cannot be a directory is a one-line error."""
@@ -183,9 +199,13 @@ class Trainer:
         checkpoint_name="model.ckpt", step_counter=self.optimizer.iterations)
     if self.chief:
       make_train_dir(options.train_dir)
-    self.writer = (tf.summary.create_file_writer(options.train_dir) if self.chief
+    self.writer = (tf.summary.create_file_writer(
+        evaluation.summary_dir(options.train_dir, evaluation.TRAIN_RUN)) if self.chief
                    else tf.summary.create_noop_writer())
     self._calibration_batches = None  # built at the first save
+    self._calibrated_step = None  # the step whose weights the batch-norm statistics are of
+    self._evaluated_step = None
+    self._eval_writer = self._eval_predict = None  # made at the first evaluation
     self._config_saved = False  # model_config.json is written with this run's first save
 
   @property
@@ -265,13 +285,22 @@ class Trainer:
     raise utils.InputError("no checkpoint in --train_dir=%s can be read back; start over with "
                            "--start_new_model" % self.options.train_dir)
 
+  def calibrate(self) -> int:
+    """Re-estimates the batch-norm statistics of the current weights (once per step: a save
+    and an evaluation of the same step share them). Returns the batches used."""
+    if (self.options.bn_calibration_batches <= 0 or not model_blocks_has_batch_norm(self.model)
+        or self._calibrated_step == self.step):
+      return 0
+    if self._calibration_batches is None:  # tracing a pipeline takes seconds: build it once
+      self._calibration_batches = self.calibration_batches()
+    used = calibrate_batch_norm(self.model, self._calibration_batches,
+                                self.options.bn_calibration_batches)
+    self._calibrated_step = self.step
+    return used
+
   def save(self, reason: str):
-    used, started = 0, time.time()
-    if self.options.bn_calibration_batches > 0 and model_blocks_has_batch_norm(self.model):
-      if self._calibration_batches is None:  # tracing a pipeline takes seconds: build it once
-        self._calibration_batches = self.calibration_batches()
-      used = calibrate_batch_norm(self.model, self._calibration_batches,
-                                  self.options.bn_calibration_batches)
+    started = time.time()
+    used = self.calibrate()
     calibration_seconds = time.time() - started
     self._check_weights_are_finite()
     if self.chief and not self._config_saved:
@@ -320,6 +349,35 @@ class Trainer:
     return utils.InputError("%s stopped or cannot be reached, so this worker stopped too at "
                             "step %d; %s" % (peer, self.step, resume))
 
+  def evaluate(self):
+    """Evaluates the current weights on --eval_data_pattern as eval.py evaluates a checkpoint
+    saved now: batch-norm statistics re-estimated as for a save, inference mode, GAP@20. Logs
+    eval.py's line and writes its scalars to <train_dir>/validation. Every worker evaluates
+    (the re-estimation is a collective op); the chief writes."""
+    if self._evaluated_step == self.step:
+      return
+    self.calibrate()
+    if self._eval_predict is None:
+      self._eval_writer = (tf.summary.create_file_writer(evaluation.summary_dir(
+          self.options.train_dir, evaluation.VALIDATION_RUN)) if self.chief
+                           else tf.summary.create_noop_writer())
+      self._eval_predict = evaluation.prediction_function(
+          self.model, self.options.label_loss, self.options.alpha)
+    # Scores in float32 even when training computes in bfloat16 (--mixed_precision).
+    compute_dtype, self.model.compute_dtype = self.model.compute_dtype, tf.float32
+    try:
+      evaluation.evaluate(self.model, self.config, self.options.eval_data_pattern,
+                          self.options.batch_size, self.options.num_readers, EVAL_TOP_K,
+                          self.options.label_loss, self.options.alpha, self.step,
+                          self._eval_writer, self._eval_predict, log_batches=False)
+    finally:
+      self.model.compute_dtype = compute_dtype
+    self._evaluated_step = self.step
+
+  def _should_evaluate(self, step) -> bool:
+    n = self.options.eval_every_n_steps
+    return bool(self.options.eval_data_pattern) and n > 0 and step % n == 0
+
   def export(self):
     # Every worker exports, as every worker saves (reading the batch-norm statistics is a
     # collective op under MultiWorkerMirroredStrategy); only the chief's copy is kept.
@@ -352,7 +410,7 @@ class Trainer:
       steps_per_sec, examples_per_sec, eta = rates
       line += " | %.2f steps/s | %.1f examples/s" % (steps_per_sec, examples_per_sec)
       if eta is not None:
-        line += " | ETA %s" % format_duration(eta)
+        line += " | ETA %s (%s)" % (format_duration(eta), progress.limit)
     logging.info(line)
     with self.writer.as_default(step=step):
       tf.summary.scalar("model/label_loss", loss)
@@ -363,6 +421,22 @@ class Trainer:
       tf.summary.scalar("learning_rate", float(self.optimizer.learning_rate))
       if rates:
         tf.summary.scalar("global_step/Examples/Second", rates[1])
+
+  def step_limit(self) -> Tuple[Optional[int], str]:
+    """(the step where training will stop, the flag that stops it there): the nearer of
+    --max_steps and the end of --num_epochs passes from here (each run makes num_epochs passes,
+    as the original's); (None, "") when neither is known."""
+    o = self.options
+    limits = [] if o.max_steps is None else [(o.max_steps, "--max_steps=%d" % o.max_steps)]
+    if o.num_epochs and not o.segment_labels:  # (a video holds several rated segments)
+      files = readers.match_files(o.data_pattern)
+      records, exact = readers.count_records(files)
+      steps = steps_for_epochs(records, o.num_epochs, self.global_batch, self.replicas)
+      logging.info("%s%d records in %d file(s): --num_epochs=%d is %d steps of %d examples",
+                   "" if exact else "about ", records, len(files), o.num_epochs, steps,
+                   self.global_batch)
+      limits.append((self.step + steps, "--num_epochs=%d" % o.num_epochs))
+    return min(limits) if limits else (None, "")
 
   def _should_save(self, step, last_save_time, last_save_step):
     o = self.options
@@ -390,9 +464,9 @@ class Trainer:
       return
     previous_handlers = {s: signal.signal(s, self._request_stop)
                          for s in (signal.SIGINT, signal.SIGTERM)}
-    progress = Progress(self.global_batch, o.max_steps)
+    progress = Progress(self.global_batch, *self.step_limit())
     last_save_time, last_save_step, last_export_step = time.time(), self.step, self.step
-    reason = "epoch limit reached"
+    reason = "--num_epochs=%s reached" % o.num_epochs
     start_step = self.step
     try:
       for batch in self.distributed_dataset():
@@ -410,7 +484,7 @@ class Trainer:
         if step % o.log_steps == 0 or step == 1:
           self._log(step, outputs, progress)
         if o.max_steps is not None and step >= o.max_steps:
-          reason = "reached --max_steps"
+          reason = "--max_steps=%d reached" % o.max_steps
           break
         if stop_requested:
           reason = "stopped by signal"
@@ -418,6 +492,8 @@ class Trainer:
         if save_requested:
           self.save("periodic")
           last_save_time, last_save_step = time.time(), step
+        if self._should_evaluate(step):
+          self.evaluate()
         if o.export_model_steps > 0 and step - last_export_step >= o.export_model_steps:
           self.export()
           last_export_step = step
@@ -426,6 +502,8 @@ class Trainer:
                                "segment_labels?)" % o.data_pattern)
       # Still under the signal handlers, so that a SIGTERM now cannot cut the save short.
       self.save(reason)
+      if o.eval_data_pattern and reason != "stopped by signal":
+        self.evaluate()
     except tf.errors.OpError as e:
       raise self.peer_stopped(e) or readers.describe_data_error(e, o.data_pattern)
     finally:
