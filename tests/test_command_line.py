@@ -55,9 +55,9 @@ def test_each_scripts_help_lists_its_own_flags_in_groups():
   train, evaluate, infer, export = (help_lines(s) for s in ("train", "eval", "inference",
                                                              "export"))
   assert {"--train_data_pattern", "--base_learning_rate", "--model", "--netvlad_cluster_size",
-          "--train_dir", "--max_steps", "--label_loss"} <= listed(train)
-  assert not {"--output_file", "--eval_data_pattern", "--run_once", "--top_k",
-              "--netvlad_dimred"} & listed(train)
+          "--train_dir", "--max_steps", "--label_loss", "--eval_data_pattern",
+          "--eval_every_n_steps"} <= listed(train)  # the last two: evaluation while training
+  assert not {"--output_file", "--run_once", "--top_k", "--netvlad_dimred"} & listed(train)
   assert {"--eval_data_pattern", "--run_once", "--top_k", "--model"} <= listed(evaluate)
   assert not {"--train_data_pattern", "--base_learning_rate", "--output_file"} & listed(evaluate)
   assert {"--input_data_pattern", "--output_file", "--merge_parts", "--num_tasks"} <= listed(infer)

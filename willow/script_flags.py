@@ -249,10 +249,10 @@ def define_flags(script: str, fv=None):
          (TRAIN,))
   # eval.py.
   define("string", "eval_data_pattern", "",
-         "Glob of the evaluation TFRecords (train.py: evaluated while training).", "data",
+         "Glob of the evaluation TFRecords (also read while training).", "data",
          (TRAIN, EVAL))
   define("integer", "eval_every_n_steps", 0,
-         "Steps between evaluations on --eval_data_pattern (0: only at the end).", "run",
+         "Steps between evaluations while training (0: only at the end).", "run",
          (TRAIN,), lower_bound=0)
   define("bool", "run_once", False, "Evaluate one checkpoint and exit.", "run", (EVAL,))
   define("integer", "eval_interval_secs", 60, "Seconds between checks for a new checkpoint.",
