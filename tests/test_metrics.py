@@ -46,7 +46,7 @@ def reference_ap(predictions, actuals, n=None, total_num_positives=None):
 
 
 def reference_top_k(scores_row, k):
-  """Indices of the k largest scores (scores assumed distinct)."""
+  """Indices of the k largest scores (no tie at the k-th score)."""
   return sorted(range(len(scores_row)), key=lambda c: -scores_row[c])[:k]
 
 
@@ -84,15 +84,25 @@ def reference_perr(predictions, labels):
   return total / count
 
 
-def random_batch(rng, num_videos, num_classes, ties=False, label_rate=0.1):
-  if ties:
-    # Few distinct values: many ties, including positive/negative ones.
-    predictions = (rng.integers(0, 8, size=(num_videos, num_classes)) /
-                   8.0).astype(np.float32)
-  else:
-    predictions = rng.random((num_videos, num_classes)).astype(np.float32)
+def random_batch(rng, num_videos, num_classes, label_rate=0.1):
+  predictions = rng.random((num_videos, num_classes)).astype(np.float32)
   labels = (rng.random((num_videos, num_classes)) < label_rate).astype(np.int64)
   return predictions, labels
+
+
+def tied_batch(rng, num_videos, num_classes, top_k, label_rate=0.3):
+  """Scores from eight values: ties within and across videos, positive and negative.
+
+  Each video's top_k classes score one of four high values, the others one of four low
+  values, so the top-k sets are known and only the ranking of the retained pairs meets ties
+  (the classes np.argpartition picks among ties at the cut are arbitrary).
+  """
+  k = min(top_k, num_classes)
+  predictions = rng.integers(0, 4, size=(num_videos, num_classes)) / 8.0
+  for v in range(num_videos):
+    predictions[v, rng.choice(num_classes, k, replace=False)] += 0.5
+  labels = (rng.random((num_videos, num_classes)) < label_rate).astype(np.int64)
+  return predictions.astype(np.float32), labels
 
 
 # --------------------------------------------------------------------------
@@ -105,7 +115,7 @@ def test_ap_hand_computed():
   predictions = [0.6, 0.9, 0.5, 0.8, 0.7]
   actuals = [0, 1, 1, 0, 1]
   assert AP.ap(predictions, actuals) == pytest.approx(34 / 45, abs=1e-15)
-  assert AP.ap_at_n(predictions, actuals, n=None) == AP.ap(predictions, actuals)
+  assert AP.ap_at_n(predictions, actuals, n=None) == pytest.approx(34 / 45, abs=1e-15)
   # All positives ranked first: AP = 1.
   assert AP.ap([0.3, 0.2, 0.1], [1, 1, 0]) == 1.0
   # Only negatives or nothing at all: 0.
@@ -125,8 +135,8 @@ def test_ap_at_n_hand_computed():
   # n=3: hits at ranks 1 and 3, P = 3 -> (1 + 2/3) / 3 = 5/9.
   assert AP.ap_at_n(predictions, actuals, n=3) == pytest.approx(5 / 9,
                                                                 abs=1e-15)
-  # n larger than the list: same as no cut-off (P = min(3, 20) = 3).
-  assert AP.ap_at_n(predictions, actuals) == AP.ap(predictions, actuals)
+  # n larger than the list: no cut-off (P = min(3, 20) = 3) -> 34/45 as above.
+  assert AP.ap_at_n(predictions, actuals) == pytest.approx(34 / 45, abs=1e-15)
   # Explicit P = 10 (7 positives were not retrieved): 34/15 / 10.
   assert AP.ap_at_n(predictions, actuals, n=None,
                     total_num_positives=10) == pytest.approx(34 / 150,
@@ -414,6 +424,15 @@ def test_gap_matches_reference():
     assert eval_util.calculate_gap(predictions, labels, top_k) == expected_gap
 
 
+def test_gap_with_tied_scores_matches_reference():
+  rng = np.random.default_rng(7)
+  for top_k in (1, 5, 20, 40):
+    predictions, labels = tied_batch(rng, 80, 40, top_k)
+    assert len(np.unique(predictions)) <= 8  # many ties
+    expected_gap, _ = reference_gap_and_aps(predictions, labels, top_k)
+    assert eval_util.calculate_gap(predictions, labels, top_k) == expected_gap
+
+
 # --------------------------------------------------------------------------
 # EvaluationMetrics
 
@@ -432,7 +451,10 @@ def _feed(metrics, predictions, labels, losses, sizes):
 def test_evaluation_metrics_batches_equal_one_shot(ties):
   rng = np.random.default_rng(5)
   num_classes, top_k = 30, 5
-  predictions, labels = random_batch(rng, 200, num_classes, ties=ties)
+  if ties:
+    predictions, labels = tied_batch(rng, 200, num_classes, top_k, label_rate=0.1)
+  else:
+    predictions, labels = random_batch(rng, 200, num_classes)
   labels[:7] = 0  # a few label-less videos
   losses = rng.random(200).astype(np.float32)
 
@@ -462,11 +484,10 @@ def test_evaluation_metrics_batches_equal_one_shot(ties):
         predictions[start:start + size], labels[start:start + size], top_k))
   assert calculator.peek_map_at_n() == one_shot["aps"]
 
-  if not ties:
-    expected_gap, expected_aps = reference_gap_and_aps(
-        predictions, labels, top_k)
-    assert one_shot["gap"] == expected_gap
-    assert one_shot["aps"] == expected_aps
+  expected_gap, expected_aps = reference_gap_and_aps(predictions, labels, top_k)
+  assert one_shot["gap"] == expected_gap
+  assert one_shot["aps"] == expected_aps
+  if not ties:  # PERR cuts each video at its number of labels, where ties are arbitrary
     assert one_shot["avg_perr"] == reference_perr(predictions, labels)
 
 
