@@ -78,15 +78,22 @@ def test_jit_compile_auto_needs_one_replica_and_no_seed(tmp_path):
 def test_bf16_trains_close_to_float32(tmp_path):
   fp32 = make_trainer(tmp_path, "fp32", jit_compile="false")
   bf16 = make_trainer(tmp_path, "bf16", like=fp32, jit_compile="false", mixed_precision="bf16")
-  outputs = bf16.train_step(batch())
+  # The layers compute in bfloat16 (the model's forward pass, before the cast back that
+  # gives losses and metrics float32 predictions); the variables stay float32.
+  video = batch()
+  model_input = tf.cast(video["video_matrix"], bf16.model.compute_dtype)
+  forward = bf16.model.forward(model_input, video["num_frames"], training=False)
+  assert forward["predictions"].dtype == tf.bfloat16
+  outputs = bf16.train_step(video)
   assert outputs["predictions"].dtype == tf.float32
   assert all(v.dtype == tf.float32 for v in bf16.model.variables)
-  reference = fp32.train_step(batch())
-  # bfloat16 keeps 8 bits of mantissa: the loss agrees to about 1%.
+  reference = fp32.train_step(video)
+  # bfloat16 keeps 8 bits of mantissa: the loss agrees to about 1%, and the predictions
+  # differ (by more than float32 rounding would) within that tolerance.
   np.testing.assert_allclose(float(outputs["total_loss"]), float(reference["total_loss"]),
                              rtol=2e-2)
-  np.testing.assert_allclose(outputs["predictions"].numpy(), reference["predictions"].numpy(),
-                             atol=2e-2)
+  difference = np.abs(outputs["predictions"].numpy() - reference["predictions"].numpy())
+  assert 1e-4 < difference.max() < 2e-2, difference.max()
   with pytest.raises(utils.InputError, match="mixed_precision"):
     make_trainer(tmp_path, "fp16", mixed_precision="fp16")
 
