@@ -10,6 +10,7 @@ import tensorflow as tf
 import inference
 import make_synthetic_data
 import readers
+from tests.test_metrics import reference_gap_and_aps
 from tests.test_models import TINY, TINY_MODELS
 from willow import configuration
 from willow import evaluation
@@ -179,9 +180,21 @@ def test_every_model_trains_resumes_evaluates_and_infers(tmp_path, data_dir, nam
   assert resumed.step == 5
   model, config, path = configuration.load_trained_model(train_dir, -1, config, [])
   assert path.endswith("model.ckpt-5")
+  # The reported GAP is the plain-Python GAP of the predictions evaluate made (frames are
+  # sampled at random, so they are recorded rather than recomputed).
+  seen = []
+  predict = evaluation.prediction_function(model)
+
+  def recording_predict(video_matrix, num_frames, labels):
+    predictions, loss = predict(video_matrix, num_frames, labels)
+    seen.append((predictions.numpy(), labels.numpy()))
+    return predictions, loss
   results = evaluation.evaluate(model, config, os.path.join(data_dir, "validate*.tfrecord"), 16,
-                                2, top_k=5)
-  assert results["num_examples"] == 48 and 0 <= results["gap"] <= 1
+                                2, top_k=5, predict=recording_predict)
+  predictions, labels = (np.concatenate(arrays) for arrays in zip(*seen))
+  assert results["num_examples"] == len(predictions) == 48 and labels.sum() > 0
+  expected_gap, _ = reference_gap_and_aps(predictions, labels, 5)
+  assert results["gap"] == pytest.approx(expected_gap, rel=1e-12)
   output = str(tmp_path / "out.csv")
   assert inference.run_inference(model, config, os.path.join(data_dir, "test*.tfrecord"), output,
                                  16, 3, 2) == 40
