@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check --no-cache .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 quick-test: lint
 	$(PY) -m pytest -q -m "not slow" tests

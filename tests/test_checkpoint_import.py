@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import losses
 import tf1_reference as ref
+import training
 from utils import InputError
 from willow import checkpoint_import
 from willow import checkpoints
@@ -431,7 +432,6 @@ def sgd_step_with_project_pieces(model, raw, num_frames, labels):
 
 def sgd_step_with_trainer(config, original_dir, train_dir, raw, num_frames, labels):
   """The same step through training.Trainer: --init_from_checkpoint, then one train_step."""
-  training = pytest.importorskip("training")
   options = training.TrainOptions(
       train_dir=train_dir, data_pattern="unused", optimizer="GradientDescentOptimizer",
       base_learning_rate=LEARNING_RATE, init_from_checkpoint=original_dir)
@@ -540,7 +540,6 @@ def read_scores(csv_path, num_classes):
     for c in readme_configs.WILLOW_CONFIGS])
 def test_readme_inference_command_on_original_train_dir(key, tmp_path):
   """inference.py, run with the README's inference line on a train_dir of the original."""
-  pytest.importorskip("readers")
   willow = readme_configs.CONFIGS_BY_KEY[key]
   args = willow.corrected_inference_args
   for name, value in dict(SCALED, train_dir=tmp_path / "train_dir", batch_size=2,

@@ -10,7 +10,6 @@ the process there), since a random kill hits those points only by luck.
 """
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -22,10 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import make_synthetic_data
+from conftest import (ROOT, VIDEO_LEVEL_CLASSES, limit_file_size, one_line_error,
+                      script_environment)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = 20
+NUM_CLASSES = VIDEO_LEVEL_CLASSES
 BATCH = 8
 BASE_LR, DECAY, DECAY_EXAMPLES = 0.01, 0.8, 80   # the learning rate decays every 10 steps
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
@@ -33,15 +32,6 @@ FAULT_SEED = 20240607
 # Compiling the step with XLA adds seconds to each of the many starts and has nothing to do
 # with checkpoints or input errors.
 FAST_ARGS = ["--jit_compile=false"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("video_level"))
-  make_synthetic_data.generate_partition(
-      directory, "train", num_videos=128, num_shards=2, num_classes=NUM_CLASSES, seed=0,
-      frame_level=False, video_level=True)
-  return directory
 
 
 def train_args(data_dir, train_dir, *extra):
@@ -57,10 +47,6 @@ def train_args(data_dir, train_dir, *extra):
 
 def expected_learning_rate(step):
   return BASE_LR * DECAY ** np.floor(step * BATCH / DECAY_EXAMPLES)
-
-
-def environment():
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
 
 
 # Runs train.py after patching one TensorFlow checkpoint function to SIGKILL the process on
@@ -103,7 +89,7 @@ class Run:
 
   def __init__(self, args, kill_point=None):
     script = os.path.join(ROOT, "train.py")
-    env = environment()
+    env = script_environment()
     if kill_point:
       env["WILLOW_KILL_POINT"] = kill_point
       command = [sys.executable, "-c", KILL_WRAPPER, script] + args
@@ -303,10 +289,10 @@ def check_kill_records(records, num_kills):
 
 
 def test_sigkill_at_random_moments_then_restart_resumes_from_the_last_complete_checkpoint(
-    data_dir, tmp_path):
+    video_level_dir, tmp_path):
   # 12 kills: every mode of kill_plan's cycle, then two more random ones.
   train_dir = str(tmp_path / "train")
-  records = kill_and_restart(data_dir, train_dir, num_kills=12, seed=FAULT_SEED)
+  records = kill_and_restart(video_level_dir, train_dir, num_kills=12, seed=FAULT_SEED)
   check_kill_records(records, 12)
 
 
@@ -317,7 +303,7 @@ def test_sigkill_at_random_moments_then_restart_resumes_from_the_last_complete_c
 def train_py(*args, preexec_fn=None):
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + list(args),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=environment(), preexec_fn=preexec_fn)
+                          env=script_environment(), preexec_fn=preexec_fn)
 
 
 def finished(process, timeout=600):
@@ -326,17 +312,10 @@ def finished(process, timeout=600):
   return process.returncode, stderr
 
 
-def one_line_error(returncode, stderr):
-  lines = [l for l in stderr.strip().splitlines() if l.startswith("error:")]
-  assert returncode == 1 and len(lines) == 1, stderr[-3000:]
-  assert "Traceback" not in stderr, stderr[-3000:]
-  return lines[0]
-
-
 @pytest.fixture(scope="module")
-def three_checkpoints(data_dir, tmp_path_factory):
+def three_checkpoints(video_level_dir, tmp_path_factory):
   train_dir = str(tmp_path_factory.mktemp("three_checkpoints") / "train")
-  returncode, stderr = finished(train_py(*train_args(data_dir, train_dir, "--max_steps=3",
+  returncode, stderr = finished(train_py(*train_args(video_level_dir, train_dir, "--max_steps=3",
                                                      "--save_checkpoint_steps=1")))
   assert returncode == 0, stderr[-3000:]
   return train_dir
@@ -349,8 +328,8 @@ def copy_of(train_dir, tmp_path, name):
   return copy
 
 
-def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(data_dir, three_checkpoints,
-                                                                  tmp_path):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(video_level_dir,
+                                                                  three_checkpoints, tmp_path):
   """Not something a crash can cause (saves are atomic), but disks fail: resuming from the
   newest checkpoint that reads back beats a traceback."""
   train_dir = copy_of(three_checkpoints, tmp_path, "damaged")
@@ -360,7 +339,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(data_dir, thre
     byte = f.read(1)
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte[0] ^ 0xFF]))
-  returncode, stderr = finished(train_py(*train_args(data_dir, train_dir, "--max_steps=5")))
+  returncode, stderr = finished(train_py(*train_args(video_level_dir, train_dir, "--max_steps=5")))
   assert returncode == 0, stderr[-3000:]
   assert "cannot resume from %s/model.ckpt-3" % train_dir in stderr
   assert "resumed from %s/model.ckpt-2 (step 2," % train_dir in stderr
@@ -368,7 +347,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(data_dir, thre
 
 
 def test_nan_or_inf_stops_training_naming_the_step_and_saves_nothing_of_it(
-    data_dir, three_checkpoints, tmp_path):
+    video_level_dir, three_checkpoints, tmp_path):
   cases = {
       # Overflows to Inf in float32: the first update makes the weights Inf/NaN while the
       # loss of that step (computed before the update) is still finite; the save right after
@@ -381,7 +360,7 @@ def test_nan_or_inf_stops_training_naming_the_step_and_saves_nothing_of_it(
   for learning_rate in cases:
     train_dir = copy_of(three_checkpoints, tmp_path, "lr" + learning_rate)
     runs[learning_rate] = train_dir, train_py(*train_args(
-        data_dir, train_dir, "--save_checkpoint_steps=1", "--max_steps=200",
+        video_level_dir, train_dir, "--save_checkpoint_steps=1", "--max_steps=200",
         "--base_learning_rate=" + learning_rate, "--optimizer=GradientDescentOptimizer",
         "--clip_gradient_norm=0"))
   for learning_rate, (train_dir, process) in runs.items():
@@ -402,28 +381,18 @@ def test_nan_or_inf_stops_training_naming_the_step_and_saves_nothing_of_it(
                                                              sorted(on_disk)))
 
 
-def limit_file_size(max_bytes):
-  """preexec_fn: files the process writes cannot grow past max_bytes; a write beyond fails
-  with EFBIG as it would with ENOSPC on a full disk (SIGXFSZ ignored so that the write fails
-  instead of killing the process). Unprivileged and portable, unlike mounting a tiny tmpfs."""
-  def apply():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
-  return apply
-
-
 def test_full_disk_or_unwritable_train_dir_is_one_line_and_keeps_the_checkpoints(
-    data_dir, three_checkpoints, tmp_path):
+    video_level_dir, three_checkpoints, tmp_path):
   full = copy_of(three_checkpoints, tmp_path, "full")
   before = {n: os.path.getsize(os.path.join(full, n)) for n in os.listdir(full)
             if n.startswith("model.ckpt-")}
   # A checkpoint is ~1.4 MB; 200 kB lets everything else (summaries, state file) be written.
-  full_run = train_py(*train_args(data_dir, full, "--save_checkpoint_steps=2"),
+  full_run = train_py(*train_args(video_level_dir, full, "--save_checkpoint_steps=2"),
                       preexec_fn=limit_file_size(200_000))
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   impossible = str(blocker / "train")
-  impossible_run = train_py(*train_args(data_dir, impossible, "--max_steps=3"))
+  impossible_run = train_py(*train_args(video_level_dir, impossible, "--max_steps=3"))
 
   error = one_line_error(*finished(full_run))
   assert error.startswith("error: cannot save the checkpoint of step 5 in %s: " % full), error

@@ -9,9 +9,7 @@ readers directly. The CSV cases of file_averaging.py are in tests/test_file_aver
 """
 import json
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -21,8 +19,9 @@ import tensorflow as tf
 from absl import flags as absl_flags
 
 import inference
-import make_synthetic_data
 import readers
+from conftest import (ROOT, VIDEO_LEVEL_CLASSES, limit_file_size, one_line_error,
+                      script_environment)
 from tests.test_readers import write_records
 import utils
 from willow import configuration
@@ -30,8 +29,7 @@ from willow import models
 from willow import script_flags
 from willow import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_CLASSES = 20
+NUM_CLASSES = VIDEO_LEVEL_CLASSES
 VIDEO_FLAGS = ["--model=MoeModel", "--feature_names=mean_rgb,mean_audio",
                "--feature_sizes=1024,128", "--num_classes=%d" % NUM_CLASSES]
 # Compiling the step with XLA adds seconds to each of the many starts and has nothing to do
@@ -39,14 +37,10 @@ VIDEO_FLAGS = ["--model=MoeModel", "--feature_names=mean_rgb,mean_audio",
 FAST_ARGS = ["--jit_compile=false"]
 
 
-def environment():
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-
-
 def start_script(script, args, preexec_fn=None):
   return subprocess.Popen([sys.executable, os.path.join(ROOT, script)] + list(args),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=environment(), preexec_fn=preexec_fn)
+                          env=script_environment(), preexec_fn=preexec_fn)
 
 
 def run_concurrently(commands, at_once=4):
@@ -59,13 +53,6 @@ def run_concurrently(commands, at_once=4):
       _, stderr = process.communicate(timeout=900)
       results[name] = process.returncode, stderr
   return results
-
-
-def one_line_error(returncode, stderr):
-  lines = [l for l in stderr.strip().splitlines() if l.startswith("error:")]
-  assert returncode == 1 and len(lines) == 1, stderr[-3000:]
-  assert "Traceback" not in stderr, stderr[-3000:]
-  return lines[0]
 
 
 def no_output(path):
@@ -114,23 +101,13 @@ def truncate(path, drop_bytes):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("video_level"))
-  for seed, (partition, count) in enumerate([("train", 48), ("test", 24)]):
-    make_synthetic_data.generate_partition(
-        directory, partition, num_videos=count, num_shards=1, num_classes=NUM_CLASSES,
-        seed=seed, frame_level=False, video_level=True)
-  return directory
-
-
-@pytest.fixture(scope="module")
-def trained_dir(data_dir, tmp_path_factory):
+def trained_dir(video_level_dir, tmp_path_factory):
   """A video-level MoE trained for 2 steps (in-process: cheaper than a subprocess)."""
   train_dir = str(tmp_path_factory.mktemp("trained") / "train")
   config = models.ModelConfig(model="MoeModel", feature_names=("mean_rgb", "mean_audio"),
                               feature_sizes=(1024, 128), num_classes=NUM_CLASSES)
   options = training.TrainOptions(
-      train_dir=train_dir, data_pattern=os.path.join(data_dir, "train*.tfrecord"),
+      train_dir=train_dir, data_pattern=os.path.join(video_level_dir, "train*.tfrecord"),
       batch_size=8, num_readers=1, max_steps=2, export_model_steps=0, log_steps=1,
       jit_compile="false")
   training.Trainer(config, options, tf.distribute.get_strategy()).run()
@@ -139,7 +116,7 @@ def trained_dir(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bad_sets(data_dir, tmp_path_factory):
+def bad_sets(video_level_dir, tmp_path_factory):
   """Input directories of the script-level cases, each a good file plus bad ones."""
   root = tmp_path_factory.mktemp("bad_sets")
   good = [video_example(b"good%d" % i, [i % NUM_CLASSES]) for i in range(10)]
@@ -176,7 +153,7 @@ def bad_sets(data_dir, tmp_path_factory):
 # The scripts: bad data, bad flags, unwritable outputs, --skip_corrupt_records.
 
 def test_scripts_fail_with_one_line_naming_the_file_and_leave_no_output(
-    data_dir, trained_dir, bad_sets, tmp_path):
+    video_level_dir, trained_dir, bad_sets, tmp_path):
   """Bad data through the scripts, end to end."""
   out = lambda name: str(tmp_path / (name + ".csv"))
   infer = lambda name, pattern: ("inference.py", [
@@ -189,7 +166,7 @@ def test_scripts_fail_with_one_line_naming_the_file_and_leave_no_output(
           "--train_data_pattern=" + os.path.join(bad_sets["label"], "*.tfrecord"),
           "--export_model_steps=0"] + VIDEO_FLAGS + FAST_ARGS),
       # A CSV of 24 videos does not fit in 1000 bytes: a write fails as on a full disk.
-      "full_disk": infer("full_disk", os.path.join(data_dir, "test*.tfrecord")) + (
+      "full_disk": infer("full_disk", os.path.join(video_level_dir, "test*.tfrecord")) + (
           limit_file_size(1000),),
   })
   errors = {name: one_line_error(*result) for name, result in results.items()}
@@ -223,10 +200,10 @@ def call_main(monkeypatch, module, script, argv):
   return module.main([script])
 
 
-def test_bad_flags_and_patterns(monkeypatch, data_dir, trained_dir, bad_sets, tmp_path):
+def test_bad_flags_and_patterns(monkeypatch, video_level_dir, trained_dir, bad_sets, tmp_path):
   import eval as eval_script
   import train as train_script
-  test = os.path.join(data_dir, "test*.tfrecord")
+  test = os.path.join(video_level_dir, "test*.tfrecord")
   output = str(tmp_path / "out.csv")
   infer = ["--train_dir=" + trained_dir, "--output_file=" + output, "--input_data_pattern=" + test]
   unknown_saved_model = str(tmp_path / "unknown_saved_model")
@@ -264,8 +241,8 @@ def test_bad_flags_and_patterns(monkeypatch, data_dir, trained_dir, bad_sets, tm
                                "--train_data_pattern=" + os.path.join(bad_sets["dirs"], "*")],
        "matches only directories"),
       (inference, "inference", ["--train_dir=" + trained_dir, "--output_file=" + output,
-                                "--input_data_pattern=" + os.path.join(data_dir, "no*.tfr")],
-       "no files match %s" % os.path.join(data_dir, "no*.tfr")),
+                                "--input_data_pattern=" + os.path.join(video_level_dir, "no*.tfr")],
+       "no files match %s" % os.path.join(video_level_dir, "no*.tfr")),
   ]
   for module, script, argv, message in cases:
     with pytest.raises(utils.InputError) as info:
@@ -275,16 +252,6 @@ def test_bad_flags_and_patterns(monkeypatch, data_dir, trained_dir, bad_sets, tm
   # Explicit architecture flags that differ from the saved model are only a warning.
   call_main(monkeypatch, inference, "inference", infer + ["--moe_num_mixtures=7", "--top_k=3"])
   assert len(open(output).read().splitlines()) == 25
-
-
-def limit_file_size(max_bytes):
-  """preexec_fn: no file the process writes may grow past max_bytes (writes beyond fail with
-  EFBIG, as with ENOSPC on a full disk; SIGXFSZ ignored so that the write fails instead of
-  killing the process)."""
-  def apply():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
-  return apply
 
 
 def test_skip_corrupt_records_keeps_every_readable_video_and_counts_the_rest(
@@ -324,12 +291,12 @@ def test_skip_corrupt_records_is_off_by_default_and_counts_at_the_reader(bad_set
     readers.get_input_dataset(reader, pattern, 4, num_epochs=None, skip_corrupt_records=True)
 
 
-def test_unwritable_output_file_in_process(trained_dir, data_dir, tmp_path):
+def test_unwritable_output_file_in_process(trained_dir, video_level_dir, tmp_path):
   model, config, _ = configuration.load_trained_model(
       trained_dir, -1, models.ModelConfig(), [])
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
-  pattern = os.path.join(data_dir, "test*.tfrecord")
+  pattern = os.path.join(video_level_dir, "test*.tfrecord")
   for output, problem in [(str(blocker / "out.csv"), "does not exist"),
                           (str(tmp_path), "it is a directory"),
                           ("/proc/willow_out.csv", "cannot write /proc/willow_out.csv")]:
@@ -768,7 +735,7 @@ def run_fuzz(num_mutations, num_file_mutations, seed, directory, timeout):
           "t.fuzz_main(%d, %d, %d, %r)" % (ROOT, os.path.join(ROOT, "tests"), num_mutations,
                                            num_file_mutations, seed, directory))
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=environment(), timeout=timeout)
+                          env=script_environment(), timeout=timeout)
   assert result.returncode == 0, result.stderr[-5000:]
   counts = json.loads(result.stdout.strip().splitlines()[-1])
   print("\nfuzz (seed %d): %s" % (seed, counts))

@@ -120,6 +120,27 @@ def read_csv(path):
     return f.read().splitlines()
 
 
+def record_ids(pattern):
+  """The video ids of the frame-level records matched by pattern, in file and record order."""
+  return [tf.train.SequenceExample.FromString(record.numpy()).context.feature["id"]
+          .bytes_list.value[0].decode()
+          for path in sorted(tf.io.gfile.glob(pattern))
+          for record in tf.data.TFRecordDataset(path)]
+
+
+def check_submission(lines, video_ids, top_k, num_classes):
+  """An inference CSV: one row per video in input order, each with top_k distinct classes
+  whose scores are finite probabilities in decreasing order."""
+  assert lines[0] == "VideoId,LabelConfidencePairs"
+  assert [line.split(",")[0] for line in lines[1:]] == video_ids
+  for line in lines[1:]:
+    tokens = line.split(",")[1].split(" ")
+    classes, scores = [int(c) for c in tokens[0::2]], [float(s) for s in tokens[1::2]]
+    assert len(classes) == len(set(classes)) == top_k, line
+    assert all(0 <= c < num_classes for c in classes), line
+    assert all(0 <= s <= 1 for s in scores) and scores == sorted(scores, reverse=True), line
+
+
 def test_inference_is_independent_of_batch_size(trained_dir, data_dir, tmp_path):
   train_dir, _ = trained_dir
   outputs = []
@@ -187,7 +208,9 @@ def test_inference_in_two_parts_merges_to_the_single_process_output(trained_dir,
     assert result.returncode == 0, result.stderr[-2000:]
   result = run_script("inference.py", ["--output_file=" + output, "--merge_parts=True"])
   assert result.returncode == 0, result.stderr[-2000:]
-  assert sorted(read_csv(output)) == sorted(read_csv(whole))
+  # Two files, two tasks: part i is file i, so the merge is the single-process output row
+  # for row (parts in task order, records in file order).
+  assert read_csv(output) == read_csv(whole)
 
 
 def test_merge_waits_for_every_part_of_one_split(tmp_path):
@@ -255,7 +278,8 @@ def test_saved_model_export_matches_inference(trained_dir, data_dir, tmp_path):
 @pytest.mark.parametrize("model", ["MoeModel", "LogisticModel"])
 def test_video_level_models_train_now(model, data_dir, tmp_path):
   """The original could not train any video-level model (its train.py never passed
-  is_training to MoeModel, and it had no LogisticModel)."""
+  is_training to MoeModel, and it had no LogisticModel); here they learn the held-out data's
+  classes."""
   train_dir = str(tmp_path / model)
   result = run_script("train.py", [
       "--train_data_pattern=%s/video_level/train*.tfrecord" % data_dir,
@@ -263,7 +287,14 @@ def test_video_level_models_train_now(model, data_dir, tmp_path):
       "--feature_sizes=1024,128", "--num_classes=%d" % NUM_CLASSES, "--batch_size=32",
       "--max_steps=20", "--base_learning_rate=0.01", "--export_model_steps=0"])
   assert result.returncode == 0, result.stderr[-2000:]
-  assert os.path.exists(os.path.join(train_dir, "model.ckpt-20.index"))
+  trained, config, path = configuration.load_trained_model(train_dir, -1, models.ModelConfig(),
+                                                           [])
+  assert path.endswith("model.ckpt-20") and config.model == model
+  assert not config.frame_features
+  pattern = os.path.join(data_dir, "video_level", "validate*.tfrecord")
+  gaps = [evaluation.evaluate(m, config, pattern, 64, 2, top_k=20)["gap"]
+          for m in (trained, models.build_model(config))]
+  assert gaps[0] > 0.5 and gaps[0] > gaps[1] + 0.3, gaps
 
 
 def one_line_error(result):
@@ -422,7 +453,8 @@ def test_readme_command_lines_run_unchanged(willow, size, tmp_path_factory):
   result = run_script("inference.py", inference_args, cwd=cwd)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = read_csv(os.path.join(cwd, willow.inference_output))
-  assert len(lines) == 7 and len(lines[1].split(",")[1].split()) == 100
+  top_k = int(readme_configs.flag_value(inference_args, "top_k"))  # the README's 50
+  check_submission(lines, record_ids(os.path.join(features, "test*.tfrecord")), top_k, classes)
 
 
 def test_eval_restores_each_new_checkpoint_into_one_model(trained_dir, data_dir, tmp_path):
