@@ -42,6 +42,21 @@ def one_line_error(returncode, stderr):
   return lines[0]
 
 
+def call_main(monkeypatch, module, script, argv):
+  """Parses argv as the script does and runs its main() in-process (cheaper than a subprocess:
+  no fresh TensorFlow); the module and script_flags read a private FlagValues. The scripts'
+  wrapper turns the InputError raised here (by the parser or by main) into one `error:` line
+  and exit status 1 (tests/test_scripts.py runs that end to end)."""
+  from absl import flags
+  from willow import script_flags
+  values = flags.FlagValues()
+  script_flags.define_flags(script, values)
+  script_flags.parse([script] + list(argv), values, script)
+  monkeypatch.setattr(module, "FLAGS", values)
+  monkeypatch.setattr(script_flags, "FLAGS", values)
+  return module.main([script])
+
+
 def limit_file_size(max_bytes):
   """preexec_fn: no file the process writes may grow past max_bytes. A write beyond fails
   with EFBIG as it would with ENOSPC on a full disk (SIGXFSZ ignored so that the write fails

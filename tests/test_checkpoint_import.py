@@ -8,8 +8,6 @@ numpy statement of the original's models that reads the weights by their origina
 import dataclasses
 import logging
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -17,14 +15,16 @@ import pytest
 import tensorflow as tf
 
 import losses
+import inference
 import tf1_reference as ref
-import training
+from conftest import call_main
 from utils import InputError
 from willow import checkpoint_import
 from willow import checkpoints
 from willow import configuration
 from willow import models
 from willow import readme_configs
+from willow import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = 300
@@ -538,8 +538,9 @@ def read_scores(csv_path, num_classes):
 @pytest.mark.parametrize("key", [
     c.key if c.key == "netvlad" else pytest.param(c.key, marks=pytest.mark.slow)
     for c in readme_configs.WILLOW_CONFIGS])
-def test_readme_inference_command_on_original_train_dir(key, tmp_path):
-  """inference.py, run with the README's inference line on a train_dir of the original."""
+def test_readme_inference_command_on_original_train_dir(key, tmp_path, monkeypatch):
+  """inference.py's main on the README's inference line, on a train_dir of the original
+  (in-process: test_scripts.py runs each inference line as a command, once)."""
   willow = readme_configs.CONFIGS_BY_KEY[key]
   args = willow.corrected_inference_args
   for name, value in dict(SCALED, train_dir=tmp_path / "train_dir", batch_size=2,
@@ -555,10 +556,7 @@ def test_readme_inference_command_on_original_train_dir(key, tmp_path):
   write_tf1_checkpoint(str(tmp_path / "train_dir"), values, step=99)
   expected, _ = ref.forward(config, values, raw, num_frames)
 
-  result = subprocess.run([sys.executable, "inference.py"] + args, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
+  call_main(monkeypatch, inference, "inference", [str(a) for a in args])
   scores = read_scores(str(tmp_path / "out.csv"), config.num_classes)
   assert sorted(scores) == ["vid0", "vid1", "vid2"]
   for index in range(len(num_frames)):

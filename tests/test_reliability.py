@@ -16,17 +16,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags as absl_flags
 
 import inference
 import readers
-from conftest import (ROOT, VIDEO_LEVEL_CLASSES, limit_file_size, one_line_error,
+from conftest import (ROOT, VIDEO_LEVEL_CLASSES, call_main, limit_file_size, one_line_error,
                       script_environment)
 from tests.test_readers import write_records
 import utils
 from willow import configuration
 from willow import models
-from willow import script_flags
 from willow import training
 
 NUM_CLASSES = VIDEO_LEVEL_CLASSES
@@ -185,19 +183,6 @@ def test_scripts_fail_with_one_line_naming_the_file_and_leave_no_output(
     assert no_output(out(name)), name
   # The failed training run left no checkpoint behind.
   assert not tf.io.gfile.glob(str(tmp_path / "label" / "model.ckpt-*"))
-
-
-def call_main(monkeypatch, module, script, argv):
-  """Parses argv and runs a script's main() in-process (cheaper than a subprocess: the flag
-  checks need no fresh TensorFlow): the module and script_flags read a private FlagValues. The
-  scripts' wrapper turns the InputError raised here (by the parser or by main) into one
-  `error:` line and exit status 1 (tests/test_scripts.py runs that end to end)."""
-  values = absl_flags.FlagValues()
-  script_flags.define_flags(script, values)
-  script_flags.parse([script] + list(argv), values, script)
-  monkeypatch.setattr(module, "FLAGS", values)
-  monkeypatch.setattr(script_flags, "FLAGS", values)
-  return module.main([script])
 
 
 def test_bad_flags_and_patterns(monkeypatch, video_level_dir, trained_dir, bad_sets, tmp_path):
