@@ -294,7 +294,8 @@ def test_video_level_models_train_now(model, data_dir, tmp_path):
   pattern = os.path.join(data_dir, "video_level", "validate*.tfrecord")
   gaps = [evaluation.evaluate(m, config, pattern, 64, 2, top_k=20)["gap"]
           for m in (trained, models.build_model(config))]
-  assert gaps[0] > 0.5 and gaps[0] > gaps[1] + 0.3, gaps
+  # Measured: 0.70 and 0.61 trained against 0.20 and 0.21 untrained (chance).
+  assert gaps[0] > 0.4 and gaps[0] > gaps[1] + 0.25, gaps
 
 
 def one_line_error(result):
