@@ -49,6 +49,84 @@ def test_batch_norm_training_and_moving_update():
   np.testing.assert_allclose(row, expected * [1, 2, .5] + [0, 1, -1], rtol=1e-5, atol=1e-6)
 
 
+def test_batch_norm_gradient_matches_numpy():
+  # y = gamma (x - mean) / sigma + beta with batch statistics: the input gradient goes
+  # through the statistics too, dx = gamma / sigma (dy - mean(dy) - xhat mean(dy xhat)).
+  rng = np.random.RandomState(3)
+  x, dy = rng.randn(7, 3) * [1.0, 4.0, 0.1] + [0.0, 2.0, -1.0], rng.randn(7, 3)
+  gamma, beta = np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, -1.0])
+  bn = blocks.BatchNorm(3, "bn")
+  bn.gamma.assign(gamma)
+  bn.beta.assign(beta)
+  xt = tf.constant(x, tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(xt)
+    loss = tf.reduce_sum(bn(xt, training=True) * dy.astype(np.float32))
+  dx, dgamma, dbeta = tape.gradient(loss, [xt, bn.gamma, bn.beta])
+  sigma = np.sqrt(x.var(0) + 1e-3)
+  xhat = (x - x.mean(0)) / sigma
+  np.testing.assert_allclose(dx.numpy(), gamma / sigma * (
+      dy - dy.mean(0) - xhat * (dy * xhat).mean(0)), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dgamma.numpy(), (dy * xhat).sum(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dbeta.numpy(), dy.sum(0), rtol=1e-5)
+
+
+def test_batch_norm_of_one_row_and_in_bfloat16():
+  bn = blocks.BatchNorm(2, "bn")
+  bn.beta.assign([0.5, -1.0])
+  # One row: variance 0, every value normalizes to beta; the moving variance decays toward 0.
+  np.testing.assert_allclose(bn(tf.constant([[3.0, -2.0]]), training=True).numpy(),
+                             [[0.5, -1.0]])
+  np.testing.assert_allclose(bn.moving_variance.numpy(), [0.999, 0.999], rtol=1e-6)
+  x = np.random.RandomState(4).randn(50, 2).astype(np.float32) * 3 + 1
+  with blocks.recording_batch_statistics() as records:
+    out = bn(tf.constant(x, tf.bfloat16), training=True)
+  assert out.dtype == tf.bfloat16 and records[0][1].dtype == tf.float32
+  np.testing.assert_allclose(records[0][2].numpy(), x.var(0), rtol=1e-2)
+  np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(),
+                             (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3) + [0.5, -1.0],
+                             rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("shape, axis", [((4, 6), -1), ((2, 5, 3), 1)])
+def test_l2n_value_and_gradient(shape, axis):
+  # d(x / |x|) = (dy - y <dy, y>) / |x|; a slice with sum(x^2) < 1e-12 is divided by
+  # sqrt(1e-12) instead, so its gradient is dy * 1e6 (no projection: the clamp is constant).
+  rng = np.random.RandomState(5)
+  x, dy = rng.randn(*shape), rng.randn(*shape)
+  zero = (0,) * (len(shape) - 1)
+  index = zero[:axis % len(shape)] + (slice(None),) + zero[axis % len(shape):]
+  x[index] *= 1e-8
+  xt = tf.constant(x, tf.float64)
+  with tf.GradientTape() as tape:
+    tape.watch(xt)
+    y = blocks.l2n(xt, axis=axis)
+    loss = tf.reduce_sum(y * dy)
+  dx = tape.gradient(loss, xt).numpy()
+  square_sum = np.sum(x * x, axis=axis, keepdims=True)
+  norm = np.sqrt(np.maximum(square_sum, 1e-12))
+  expected_y = x / norm
+  projection = np.sum(dy * expected_y, axis=axis, keepdims=True) * (square_sum >= 1e-12)
+  # (rsqrt is exact to ~1e-9 in float64)
+  np.testing.assert_allclose(y.numpy(), expected_y, rtol=1e-8)
+  np.testing.assert_allclose(dx, (dy - expected_y * projection) / norm, rtol=1e-8, atol=1e-8)
+  np.testing.assert_allclose(dx[index], dy[index] * 1e6, rtol=1e-8)
+
+
+def test_dense_product_and_gradients():
+  rng = np.random.RandomState(6)
+  x, w, dy = rng.randn(3, 7), rng.randn(7, 5), rng.randn(3, 5)
+  xt, wt = tf.constant(x), tf.Variable(w)
+  with tf.GradientTape() as tape:
+    tape.watch(xt)
+    y = blocks.dense(xt, wt)
+    loss = tf.reduce_sum(y * dy)
+  dx, dw = tape.gradient(loss, [xt, wt])
+  np.testing.assert_allclose(y.numpy(), x @ w, rtol=1e-12)
+  np.testing.assert_allclose(dx.numpy(), dy @ w.T, rtol=1e-12)
+  np.testing.assert_allclose(dw.numpy(), x.T @ dy, rtol=1e-12)
+
+
 def test_recording_batch_statistics_leaves_moving_averages():
   bn = blocks.BatchNorm(2, "bn")
   x = tf.constant([[1.0, 2.0], [3.0, 5.0]])
