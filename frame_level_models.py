@@ -35,11 +35,14 @@ def sample_frames(frames, num_frames, num_samples: int, training: bool,
 
 
 def normalize_each_frame(norm, frames, training: bool):
-  """Applies a batch norm (or nothing, if None) over the frames of every video."""
+  """The input batch norm (or nothing, if None) over the frames of every video, as
+  AffineFrames: standardized frames with the norm's scale and offset left to the products
+  that consume them."""
   if norm is None:
-    return frames
+    return blocks.AffineFrames(frames)
   shape = tf.shape(frames)
-  return tf.reshape(norm(tf.reshape(frames, [shape[0] * shape[1], -1]), training), shape)
+  standardized = norm.standardize(tf.reshape(frames, [shape[0] * shape[1], -1]), training)
+  return blocks.AffineFrames(tf.reshape(standardized, shape), norm.gamma, norm.beta)
 
 
 def branch_cluster_sizes(cluster_size: int, num_features: int, divisor: int) -> List[int]:
@@ -84,7 +87,7 @@ class ClusterModel(BaseModel):
     num_samples, random_frames = self.frame_sampling()
     frames = sample_frames(model_input, num_frames, num_samples, training, random_frames)
     frames = normalize_each_frame(self.input_norm, frames, training)
-    features = tf.split(frames, list(c.feature_sizes), axis=2)
+    features = frames.split(list(c.feature_sizes))
     h = tf.concat([pool(x, training) for pool, x in zip(self.poolings, features)], axis=1)
     if self.hidden is not None:
       h = self.hidden(h, training)

@@ -353,3 +353,41 @@ def test_gru_matches_tf1_equations_and_stacks():
   np.testing.assert_allclose(h1.numpy(), h1_np, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(h2.numpy(), gru_np(layers[1], outputs, lengths), rtol=1e-4,
                              atol=1e-5)
+
+
+def test_affine_frames_products_and_their_gradients():
+  # y = x scale + offset; the products and the gradients of scale, offset, W and A must be
+  # those of the explicit y (numpy forward, TF's own gradient of the explicit form).
+  rng = np.random.RandomState(7)
+  x, a = rng.randn(2, 5, 3), rng.rand(2, 5, 4)
+  w, scale, offset = rng.randn(3, 4), rng.rand(3) + 0.5, rng.randn(3)
+  y = x * scale + offset
+
+  def products(project, sums, variables):
+    with tf.GradientTape() as tape:
+      logits = project()
+      first, second = sums()
+      loss = (tf.reduce_sum(tf.sin(logits)) + tf.reduce_sum(tf.cos(first))
+              + tf.reduce_sum(tf.sin(second)))
+    return [logits, first, second], tape.gradient(loss, variables)
+
+  variables = [tf.Variable(v) for v in (scale, offset, w, a)]
+  s, o, wv, av = variables
+  frames = lambda: blocks.AffineFrames(tf.constant(x), s, o)
+  ours, our_gradients = products(
+      lambda: frames().project(wv),
+      lambda: frames().weighted_sums(tf.convert_to_tensor(av), second_order=True), variables)
+  explicit = lambda: tf.constant(x) * s + o
+  theirs, their_gradients = products(
+      lambda: tf.matmul(tf.reshape(explicit(), [10, 3]), wv),
+      lambda: (tf.matmul(explicit(), av, transpose_a=True),
+               tf.matmul(tf.square(explicit()), av, transpose_a=True)), variables)
+  np.testing.assert_allclose(ours[0].numpy(), y.reshape(10, 3) @ w, rtol=1e-10)
+  np.testing.assert_allclose(ours[1].numpy(), np.einsum("btf,btk->bfk", y, a), rtol=1e-10)
+  np.testing.assert_allclose(ours[2].numpy(), np.einsum("btf,btk->bfk", y * y, a), rtol=1e-10)
+  for mine, reference in zip(our_gradients, their_gradients):
+    np.testing.assert_allclose(mine.numpy(), reference.numpy(), rtol=1e-9)
+  # Per feature block, with that block's scale and offset.
+  parts = blocks.AffineFrames(tf.constant(x), s, o).split([2, 1])
+  np.testing.assert_allclose(parts[1].project(wv[2:]).numpy(), y[..., 2:].reshape(10, 1) @ w[2:],
+                             rtol=1e-10)

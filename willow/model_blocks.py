@@ -172,6 +172,23 @@ class BatchNorm(tf.Module):
     return tf.nn.batch_normalization(x, like(mean, x), like(variance, x), like(self.beta, x),
                                      like(self.gamma, x), BN_EPSILON)
 
+  def standardize(self, x, training: bool):
+    """(x - mean) / sqrt(variance + epsilon), by the batch statistics (recorded or moved
+    into the averages as __call__ does) or the moving ones: the norm without its scale and
+    offset, which AffineFrames applies inside the products that use the frames."""
+    if not training:
+      inverse = tf.math.rsqrt(like(self.moving_variance, x) + BN_EPSILON)
+      return (x - like(self.moving_mean, x)) * inverse
+    if x.dtype in (tf.float32, tf.bfloat16):
+      channels = x.shape[-1]
+      ones = tf.ones([channels], tf.float32)
+      x_hat, mean, variance = fused_batch_norm_training(x, ones, tf.zeros_like(ones))
+    else:
+      mean, variance = tf.nn.moments(x, axes=[0])
+      x_hat = tf.nn.batch_normalization(x, mean, variance, None, None, BN_EPSILON)
+    self._record_or_update(mean, variance)
+    return x_hat
+
   def _record_or_update(self, mean, variance):
     if _BatchStatRecorder.active is not None:
       _BatchStatRecorder.active.append((self, mean, variance))
@@ -225,6 +242,68 @@ def batch_norm_or_bias(channels: int, add_batch_norm: bool, bias_stddev: float, 
 # ----------------------------------------------------------------------------------------
 # Cluster soft-assignment and the pooling layers built on it.
 
+class AffineFrames:
+  """Frames y = x * scale + offset (per feature), [B, n, F], held as x, scale and offset.
+
+  The input batch norm of the cluster models hands its output on in this form, and the
+  pooling layers consume frames only through products, which absorb the map:
+  y W = x (scale W) + offset W and y^T A = scale (x^T A) + offset (1^T A). x is the frames
+  standardized by statistics of the data alone, so backprop never forms the gradient of the
+  [B, n, F] frames, which only the norm's scale and offset would use: per branch the
+  [Bn, K] x [K, F] product of the soft assignment, one or two [n, K] x [K, F] products per
+  video from the aggregation, their sum and the norm's backward pass over every frame (the
+  original computed all of them). scale and offset get their gradients from [F, K] terms.
+  Plain [B, n, F] tensors (no input batch norm) are wrapped with scale 1 and offset 0.
+  """
+
+  def __init__(self, values, scale=None, offset=None):
+    self.values, self.scale, self.offset = values, scale, offset
+
+  @classmethod
+  def of(cls, frames):
+    return frames if isinstance(frames, cls) else cls(frames)
+
+  @property
+  def dtype(self):
+    return self.values.dtype
+
+  def split(self, sizes):
+    """One AffineFrames per feature block of the last axis."""
+    values = tf.split(self.values, sizes, axis=2)
+    if self.scale is None:
+      return [AffineFrames(v) for v in values]
+    return [AffineFrames(v, scale, offset) for v, scale, offset
+            in zip(values, tf.split(self.scale, sizes), tf.split(self.offset, sizes))]
+
+  def project(self, weights):
+    """Every frame times weights [F, K]: [B n, K]."""
+    shape = tf.shape(self.values)
+    flat = tf.reshape(self.values, [shape[0] * shape[1], shape[2]])
+    weights = like(weights, self.values)
+    if self.scale is None:
+      return tf.matmul(flat, weights)
+    scale, offset = like(self.scale, self.values), like(self.offset, self.values)
+    return tf.nn.bias_add(tf.matmul(flat, scale[:, None] * weights),
+                          tf.linalg.matvec(weights, offset, transpose_a=True))
+
+  def weighted_sums(self, assignments, second_order: bool = False):
+    """sum_t A[t, k] y[t, f] -> [B, F, K] (the first-order statistic of VLAD and FV); with
+    second_order also sum_t A[t, k] y[t, f]^2, from
+    y^2 = scale^2 x^2 + 2 scale offset x + offset^2."""
+    x_a = tf.matmul(self.values, assignments, transpose_a=True)
+    x2_a = (tf.matmul(tf.square(self.values), assignments, transpose_a=True)
+            if second_order else None)
+    if self.scale is not None:
+      scale = like(self.scale, self.values)[:, None]
+      offset = like(self.offset, self.values)[:, None]
+      mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
+      if second_order:
+        x2_a = (tf.square(scale) * x2_a + (2 * scale * offset) * x_a
+                + tf.square(offset) * mass)
+      x_a = scale * x_a + offset * mass
+    return (x_a, x2_a) if second_order else x_a
+
+
 class ClusterAssignment(tf.Module):
   """Soft assignment of each frame to K clusters: softmax_K(BN(X W_c)).
 
@@ -242,18 +321,18 @@ class ClusterAssignment(tf.Module):
                                      1 / math.sqrt(feature_size), name="cluster_bn")
 
   def __call__(self, frames, training: bool):
-    """frames [B, n, F] -> assignments [B, n, K]."""
-    batch, num, feat = tf.unstack(tf.shape(frames))
-    logits = tf.matmul(tf.reshape(frames, [batch * num, feat]), like(self.cluster_weights, frames))
-    logits = self.norm(logits, training)
+    """frames [B, n, F] (a tensor or AffineFrames) -> assignments [B, n, K]."""
+    frames = AffineFrames.of(frames)
+    shape = tf.shape(frames.values)
+    logits = self.norm(frames.project(self.cluster_weights), training)
     if self.softmax:
       logits = tf.nn.softmax(logits)
-    return tf.reshape(logits, [batch, num, -1])
+    return tf.reshape(logits, [shape[0], shape[1], -1])
 
 
 def weighted_frame_sum(frames, assignments):
   """sum_t A[t, k] x[t, f] -> [B, F, K] (the first-order statistic of VLAD and FV)."""
-  return tf.matmul(frames, assignments, transpose_a=True)
+  return AffineFrames.of(frames).weighted_sums(assignments)
 
 
 def flatten_normalized(descriptor, intra_normalize: bool):
@@ -324,8 +403,7 @@ class NetFV(tf.Module):
       centres = like(self.centres, frames)
     sigma = tf.square(like(self.covar_weights, frames)) + 1e-6  # acts as a standard deviation
     mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
-    first = weighted_frame_sum(frames, assignments)  # [B, F, K]
-    second = weighted_frame_sum(tf.square(frames), assignments)
+    first, second = AffineFrames.of(frames).weighted_sums(assignments, second_order=True)
     fv1 = (first - mass * centres) / sigma
     fv2 = (second - 2 * centres * first + mass * tf.square(centres)) / tf.square(sigma) - mass
     return tf.concat([flatten_normalized(fv1, intra_normalize=True),
