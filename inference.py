@@ -34,23 +34,17 @@ from willow import submission_csv
 
 FLAGS = flags.FLAGS
 
-# XLA's CPU matrix product runs a contraction this long or longer slower than TensorFlow's own
-# kernel (BENCHMARKS.md): the hidden layer of the full-size VLAD / FV models (278528 inputs).
-LONG_CONTRACTION = 65536
-
 
 def inference_uses_xla(jit_compile, precision: str, model=None) -> bool:
   """XLA compiles the forward pass with --jit_compile=true, or auto in float32 (faster for the
   gated DBoF and the RNNs, BENCHMARKS.md) unless the model has a hidden layer of at least
-  LONG_CONTRACTION inputs (full-size NetVLAD / NetFV / NetRVLAD are faster without).
+  utils.LONG_CONTRACTION inputs (full-size NetVLAD / NetFV / NetRVLAD are faster without).
   Not by default in float64: XLA's kernels differ with the batch shape, which would give up
   scores identical across batch sizes."""
   mode = utils.jit_compile_mode(jit_compile)
   if mode != "auto":
     return mode == "true"
-  hidden = getattr(model, "hidden", None)
-  long_contraction = hidden is not None and hidden.weights.shape[0] >= LONG_CONTRACTION
-  return precision == "float32" and not long_contraction
+  return precision == "float32" and not utils.has_long_hidden_contraction(model)
 
 
 def make_predict_fn(model, top_k: int, jit_compile: bool = False):

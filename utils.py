@@ -19,6 +19,28 @@ def jit_compile_mode(value) -> str:
   return mode
 
 
+# XLA's CPU matrix product runs a contraction this long or longer slower than TensorFlow's own
+# (oneDNN) kernel: the hidden layer of the full-size VLAD / FV models (278528 inputs).
+LONG_CONTRACTION = 65536
+
+
+def has_long_hidden_contraction(model) -> bool:
+  hidden = getattr(model, "hidden", None)
+  return hidden is not None and hidden.weights.shape[0] >= LONG_CONTRACTION
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
+  """The instruction-set flags of this machine's CPU (empty where /proc/cpuinfo is absent)."""
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith("flags"):
+          return frozenset(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
 def parse_feature_list(feature_names, feature_sizes) -> Tuple[List[str], List[int]]:
   """The one check of a feature list: names and sizes as the comma-separated flags give them or
   as sequences (the readers' and ModelConfig's arguments) -> ([name, ...], [size, ...])."""

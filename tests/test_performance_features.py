@@ -5,6 +5,7 @@ never asserted.
 """
 import os
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -73,6 +74,30 @@ def test_jit_compile_auto_needs_one_replica_and_no_seed(tmp_path):
   assert "_loss_and_gradients" not in vars(seeded.train_step)
   with pytest.raises(utils.InputError, match="jit_compile"):
     make_trainer(tmp_path, "bad", jit_compile="sometimes")
+
+
+def test_jit_compile_auto_leaves_out_what_onednn_runs_faster():
+  from willow.train_step import TrainStep
+
+  def pays(hidden_inputs, cpu, dtype=tf.float32, replicas=1, seed=None):
+    step = types.SimpleNamespace(
+        replicas=replicas, options=types.SimpleNamespace(seed=seed),
+        model=types.SimpleNamespace(compute_dtype=dtype, hidden=types.SimpleNamespace(
+            weights=np.zeros((hidden_inputs, 1)))))
+    return TrainStep.xla_pays(step, cpu_flags=frozenset(cpu.split()))
+
+  long, short = utils.LONG_CONTRACTION, utils.LONG_CONTRACTION - 1
+  assert pays(long, "avx2 fma") and pays(short, "avx2 avx512f")
+  assert not pays(long, "avx2 avx512f avx512_bf16")
+  assert not pays(short, "avx2", dtype=tf.bfloat16)
+  assert not pays(short, "avx2", replicas=2) and not pays(short, "avx2", seed=3)
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\nbugs\t: x\n")
+  assert utils.cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "avx512f"}
+  assert utils.cpu_flags(str(tmp_path / "absent")) == frozenset()
 
 
 def test_bf16_trains_close_to_float32(tmp_path):

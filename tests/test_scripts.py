@@ -537,7 +537,7 @@ def test_jit_compile_flag_is_checked():
   # auto leaves out models whose hidden layer contracts >= LONG_CONTRACTION inputs.
   def with_hidden(inputs):
     return types.SimpleNamespace(hidden=types.SimpleNamespace(weights=np.zeros((inputs, 1))))
-  assert not inference.inference_uses_xla("auto", "float32", with_hidden(278528))
+  assert not inference.inference_uses_xla("auto", "float32", with_hidden(utils.LONG_CONTRACTION))
   assert inference.inference_uses_xla("auto", "float32", with_hidden(4608))
   assert inference.inference_uses_xla("true", "float32", with_hidden(278528))
   with pytest.raises(utils.InputError, match="--jit_compile must be auto, true or false"):

@@ -144,19 +144,32 @@ class TrainStep:
 
   def _compile(self):
     """Compiles the forward and backward pass with XLA when --jit_compile asks for it (auto:
-    on one replica without --seed). XLA fuses the step's element-wise work, transposes and
-    batch-norm statistics into few kernels, but it ignores the op seeds of the frame samplers,
-    so a seeded run would not repeat, and it is not used across replicas. The clip and the
-    optimizer's update stay outside XLA, where FusedAdam is one fused kernel a tensor, faster
-    than XLA's compiled update (BENCHMARKS.md)."""
+    where it pays, see xla_pays). XLA ignores the op seeds of the frame samplers, so a seeded
+    run would not repeat, and it is not used across replicas. The clip and the optimizer's
+    update stay outside XLA, where FusedAdam is one fused kernel a tensor, faster than XLA's
+    compiled update (BENCHMARKS.md)."""
     mode = utils.jit_compile_mode(self.options.jit_compile)
-    use_xla = mode == "true" or (mode == "auto" and self.replicas == 1
-                                 and self.options.seed is None)
+    use_xla = mode == "true" or (mode == "auto" and self.xla_pays())
     if use_xla:
       self._loss_and_gradients = tf.function(self._loss_and_gradients.python_function,
                                              jit_compile=True, autograph=False)
     logging.info("forward and backward pass %s XLA (--jit_compile=%s)",
                  "with" if use_xla else "without", mode)
+
+  def xla_pays(self, cpu_flags=None) -> bool:
+    """--jit_compile=auto: XLA on one replica without --seed, except on a CPU where
+    TensorFlow's oneDNN kernels run the step faster (BENCHMARKS.md, training speed): in
+    bfloat16 (XLA's CPU products do not use the AVX512-BF16 / AMX units that oneDNN's do), and
+    for a hidden layer of LONG_CONTRACTION inputs or more on CPUs with AVX-512 (measured 1.2-1.5x
+    slower with XLA on an AMD EPYC and an Intel Xeon; XLA was faster on an AVX2-only EPYC)."""
+    if self.replicas != 1 or self.options.seed is not None:
+      return False
+    if tf.config.list_logical_devices("GPU"):
+      return True
+    if self.model.compute_dtype == tf.bfloat16:
+      return False
+    cpu_flags = utils.cpu_flags() if cpu_flags is None else cpu_flags
+    return not (utils.has_long_hidden_contraction(self.model) and "avx512f" in cpu_flags)
 
   @property
   def step(self) -> int:
