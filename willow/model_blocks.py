@@ -180,8 +180,7 @@ class BatchNorm(tf.Module):
       inverse = tf.math.rsqrt(like(self.moving_variance, x) + BN_EPSILON)
       return (x - like(self.moving_mean, x)) * inverse
     if x.dtype in (tf.float32, tf.bfloat16):
-      channels = x.shape[-1]
-      ones = tf.ones([channels], tf.float32)
+      ones = tf.ones(self.gamma.shape, tf.float32)
       x_hat, mean, variance = fused_batch_norm_training(x, ones, tf.zeros_like(ones))
     else:
       mean, variance = tf.nn.moments(x, axes=[0])
@@ -206,7 +205,7 @@ def fused_batch_norm_training(x, gamma, beta):
   slim.batch_norm used too), instead of moments and normalization as separate element-wise
   passes. Returns (y, batch mean, biased batch variance); statistics in float32 (for bfloat16
   x too: 16-bit sums over a batch lose too much)."""
-  channels = x.shape[-1]
+  channels = gamma.shape[0]  # static even where x's last axis is not
   y, mean, corrected_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
       x=tf.reshape(x, [-1, 1, 1, channels]), scale=tf.cast(gamma, tf.float32),
       offset=tf.cast(beta, tf.float32), mean=tf.constant([], tf.float32),
