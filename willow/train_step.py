@@ -160,8 +160,8 @@ class TrainStep:
     """--jit_compile=auto: XLA on one replica without --seed, except on a CPU where
     TensorFlow's oneDNN kernels run the step faster (BENCHMARKS.md, training speed): in
     bfloat16 (XLA's CPU products do not use the AVX512-BF16 / AMX units that oneDNN's do), and
-    for a hidden layer of LONG_CONTRACTION inputs or more on CPUs with AVX-512 (measured 1.2-1.5x
-    slower with XLA on an AMD EPYC and an Intel Xeon; XLA was faster on an AVX2-only EPYC)."""
+    for a hidden layer of LONG_CONTRACTION inputs or more on CPUs with AVX-512 (where XLA's
+    product is no faster than oneDNN's or slower; on AVX2-only CPUs XLA wins)."""
     if self.replicas != 1 or self.options.seed is not None:
       return False
     if tf.config.list_logical_devices("GPU"):
