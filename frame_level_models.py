@@ -93,7 +93,7 @@ class ClusterModel(BaseModel):
       h = self.hidden(h, training)
     if self.gate is not None:
       h = self.gate(h, training)
-    return self.classifier(h, training)
+    return self.classify(h, training)
 
 
 @register
@@ -208,7 +208,7 @@ class DbofModel(BaseModel):
     frames = normalize_each_frame(self.input_norm, frames, training)
     activations = tf.nn.relu6(self.clusters(frames, training))
     pooled = utils.FramePooling(activations, c.dbof_pooling_method)
-    return self.classifier(self.hidden(pooled, training), training)
+    return self.classify(self.hidden(pooled, training), training)
 
 
 @register
@@ -222,7 +222,7 @@ class FrameLevelLogisticModel(BaseModel):
 
   def forward(self, model_input, num_frames, training: bool):
     counts = tf.cast(tf.maximum(num_frames, 1), model_input.dtype)[:, None]
-    return self.classifier(tf.reduce_sum(model_input, axis=1) / counts, training)
+    return self.classify(tf.reduce_sum(model_input, axis=1) / counts, training)
 
 
 class RecurrentModel(BaseModel):
@@ -254,7 +254,7 @@ class RecurrentModel(BaseModel):
     if self.backward:
       frames = tf.reverse_sequence(frames, lengths, seq_axis=1, batch_axis=0)
     states = blocks.run_stacked_rnn(self.layers, frames, lengths)
-    return self.classifier(self.final_features(states), training)
+    return self.classify(self.final_features(states), training)
 
 
 @register

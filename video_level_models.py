@@ -19,7 +19,7 @@ class VideoLevelModel(BaseModel):
 
   def forward(self, model_input, num_frames, training: bool):
     del num_frames
-    return self.classifier(model_input, training)
+    return self.classify(model_input, training)
 
 
 @register
