@@ -130,6 +130,20 @@ def held_out_csv(willow):
   return HELD_OUT + "-" + willow.inference_output.split("-", 1)[1]
 
 
+def chosen_configs(models: str, parser):
+  """The README configurations --models names (all seven if empty), checked before any work:
+  the ensemble step needs two of them."""
+  keys = [k for k in models.split(",") if k] or [c.key for c in readme_configs.WILLOW_CONFIGS]
+  unknown = sorted(set(keys) - set(readme_configs.CONFIGS_BY_KEY))
+  if unknown:
+    parser.error("--models: unknown %s (choose from %s)" % (
+        ", ".join(unknown), ",".join(c.key for c in readme_configs.WILLOW_CONFIGS)))
+  chosen = [c for c in readme_configs.WILLOW_CONFIGS if c.key in keys]
+  if len(chosen) < 2:
+    parser.error("--models: the ensemble step blends at least two models, got %d" % len(chosen))
+  return chosen
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--output_dir", default=os.path.join(HERE, "demo_output"))
@@ -140,13 +154,12 @@ def main():
                       help="extra flags for every train.py line (they come last, so they win), "
                            "e.g. --train_flags=--mixed_precision=bf16")
   args = parser.parse_args()
+  chosen = chosen_configs(args.models, parser)
   start = time.time()
   out = os.path.abspath(args.output_dir)
   data_dir, logs = os.path.join(out, "features"), os.path.join(out, "logs")
   os.makedirs(logs, exist_ok=True)
   truth = generate_data(data_dir, args.videos)
-  chosen = [c for c in readme_configs.WILLOW_CONFIGS
-            if not args.models or c.key in args.models.split(",")]
   rows = []
   for number, willow in enumerate(chosen, 1):
     print("[2-4/5] %d/%d %s" % (number, len(chosen), willow.title), flush=True)

@@ -92,3 +92,16 @@ def check_reported_gaps(stdout, out):
   best = max(csv_gap(out / c.inference_output, truth["test"]) for c in chosen)
   verdict = "beats" if gaps["learned"] > best else "does not beat"
   assert "the learned-weight ensemble %s the best single model" % verdict in stdout
+
+
+@pytest.mark.parametrize("models, message", [
+    ("netvlad", "blends at least two models, got 1"),
+    ("netvlad,lsmt", "unknown lsmt (choose from netvlad,"),
+])
+def test_demo_refuses_a_model_list_it_cannot_blend_before_any_work(tmp_path, models, message):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "demo.py"), "--models=" + models,
+       "--output_dir=%s" % (tmp_path / "out")], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert message in result.stderr.splitlines()[-1]
+  assert not (tmp_path / "out").exists()
