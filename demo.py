@@ -133,11 +133,11 @@ def held_out_csv(willow):
 def chosen_configs(models: str, parser):
   """The README configurations --models names (all seven if empty), checked before any work:
   the ensemble step needs two of them."""
-  keys = [k for k in models.split(",") if k] or [c.key for c in readme_configs.WILLOW_CONFIGS]
-  unknown = sorted(set(keys) - set(readme_configs.CONFIGS_BY_KEY))
+  known = readme_configs.CONFIGS_BY_KEY  # in the README's order
+  keys = [k for k in models.split(",") if k] or list(known)
+  unknown = sorted(set(keys) - set(known))
   if unknown:
-    parser.error("--models: unknown %s (choose from %s)" % (
-        ", ".join(unknown), ",".join(c.key for c in readme_configs.WILLOW_CONFIGS)))
+    parser.error("--models: unknown %s (choose from %s)" % (", ".join(unknown), ",".join(known)))
   chosen = [c for c in readme_configs.WILLOW_CONFIGS if c.key in keys]
   if len(chosen) < 2:
     parser.error("--models: the ensemble step blends at least two models, got %d" % len(chosen))
