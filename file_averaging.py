@@ -348,8 +348,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
   print(summary_line(inputs, blend, flag_values.output_file))
 
 
-def _parse_flags(argv: List[str]) -> List[str]:
-  """absl's parser, with a bad flag reported like every other error: one line, exit 1."""
+def parse_flags(argv: List[str]) -> List[str]:
+  """app.run's flags parser of the scripts without TensorFlow (this one and
+  fit_ensemble_weights.py): a bad flag is reported like every other error, one line, exit 1."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -359,4 +360,4 @@ def _parse_flags(argv: List[str]) -> List[str]:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)

@@ -332,15 +332,6 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
     sys.exit(1)
 
 
-def _parse_flags(argv: List[str]) -> List[str]:
-  """absl's parser, with a bad flag reported like every other error: one line, exit 1."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.stderr.write("error: %s\n" % e)
-    sys.exit(1)
-
-
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=file_averaging.parse_flags)
