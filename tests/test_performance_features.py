@@ -138,6 +138,21 @@ def test_batch_norm_statistics_stay_float32_under_bf16():
                              rtol=1e-5)
 
 
+def test_bf16_training_calibrates_batch_norm_in_float32(tmp_path):
+  """The batch-norm statistics saved with a model trained in bfloat16 are those of the
+  float32 forward pass that evaluation and inference run (bfloat16 ones differ by ~1e-3)."""
+  fp32 = make_trainer(tmp_path, "fp32", jit_compile="false")
+  bf16 = make_trainer(tmp_path, "bf16", like=fp32, jit_compile="false", mixed_precision="bf16")
+  moving = lambda trainer: [v.numpy() for v in trainer.model.variables if "moving" in v.name]
+  for trainer in (fp32, bf16):
+    trainer._calibration_batches = tf.data.Dataset.from_tensors(batch()).repeat(2)
+    assert trainer.calibrate() == 2
+  assert bf16.model.compute_dtype == tf.bfloat16  # training goes on in bfloat16
+  assert len(moving(bf16)) >= 4
+  for got, want in zip(moving(bf16), moving(fp32)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def _train_config(args):
   """The ModelConfig and batch size train.py makes of these arguments."""
   from absl import flags
@@ -210,3 +225,26 @@ def test_kernel_ceiling_gradient_products_are_the_gradients(transpose_a):
     assert [list(o.shape) for o in operands] == [list(s) for s in product.operand_shapes()]
     got = tf.matmul(*operands, transpose_a=product.transpose_a, transpose_b=product.transpose_b)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_gap_pairs_each_model_by_seed(tmp_path):
+  """benchmarks/bf16_gap.py reads each model's held-out GAP from the demo's report (the model
+  rows come first, in --models order) and tabulates bf16 - fp32 per model and seed."""
+  import bf16_gap
+  import json
+  reports = {("1", "none"): [0.41, 0.40], ("1", "bf16"): [0.4098, 0.4012],
+             ("2", "none"): [0.38, 0.39], ("2", "bf16"): [0.3801, 0.3890]}
+  results = {}
+  for (seed, precision), gaps in reports.items():
+    directory = tmp_path / (seed + precision)
+    directory.mkdir()
+    rows = [{"name": "m%d" % i, "gap": {"all": g}} for i, g in enumerate(gaps)]
+    rows.append({"name": "equal weights", "gap": {"all": 0.5}})
+    (directory / "ensemble_weights.json").write_text(json.dumps({"rows": rows}))
+    results.setdefault(int(seed), {})[precision] = bf16_gap.held_out_gaps(
+        str(directory), "netvlad,netrvlad")
+  assert results[1]["bf16"] == [("Gated NetVLAD (256 clusters)", 0.4098),
+                                ("Gated NetRVLAD (256 clusters)", 0.4012)]
+  lines = bf16_gap.format_table(results)
+  assert lines[1].split()[-3:] == ["0.4100", "0.4098", "-0.0002"]
+  assert lines[-1] == ("difference over 4 pairs: mean +0.0000, largest |difference| 0.0012")

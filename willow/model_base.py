@@ -5,6 +5,7 @@ are built from it (willow/models.py), and train.py saves it beside the checkpoin
 (willow/configuration.py) so eval.py and inference.py rebuild exactly the model that was
 trained.
 """
+import contextlib
 import dataclasses
 import json
 from typing import Dict, Tuple, Type
@@ -128,6 +129,16 @@ class BaseModel(tf.Module):
   def output_dtype(self):
     """Mixed precision computes in 16 bits; losses and metrics get float32 predictions."""
     return tf.float32 if self.compute_dtype.size < 4 else self.compute_dtype
+
+  @contextlib.contextmanager
+  def computing_in(self, dtype):
+    """The block runs the model in dtype, e.g. float32 where a model trained in bfloat16 is
+    scored or its batch-norm statistics are estimated."""
+    previous, self.compute_dtype = self.compute_dtype, dtype
+    try:
+      yield self
+    finally:
+      self.compute_dtype = previous
 
   def forward(self, model_input, num_frames, training: bool):
     raise NotImplementedError

@@ -293,8 +293,11 @@ class Trainer:
       return 0
     if self._calibration_batches is None:  # tracing a pipeline takes seconds: build it once
       self._calibration_batches = self.calibration_batches()
-    used = calibrate_batch_norm(self.model, self._calibration_batches,
-                                self.options.bn_calibration_batches)
+    # In float32 under bfloat16 training: the statistics are those of the float32/float64
+    # forward pass that evaluation and inference run.
+    with self.model.computing_in(self.model.output_dtype):
+      used = calibrate_batch_norm(self.model, self._calibration_batches,
+                                  self.options.bn_calibration_batches)
     self._calibrated_step = self.step
     return used
 
@@ -364,14 +367,11 @@ class Trainer:
       self._eval_predict = evaluation.prediction_function(
           self.model, self.options.label_loss, self.options.alpha)
     # Scores in float32 even when training computes in bfloat16 (--mixed_precision).
-    compute_dtype, self.model.compute_dtype = self.model.compute_dtype, tf.float32
-    try:
+    with self.model.computing_in(self.model.output_dtype):
       evaluation.evaluate(self.model, self.config, self.options.eval_data_pattern,
                           self.options.batch_size, self.options.num_readers, EVAL_TOP_K,
                           self.options.label_loss, self.options.alpha, self.step,
                           self._eval_writer, self._eval_predict, log_batches=False)
-    finally:
-      self.model.compute_dtype = compute_dtype
     self._evaluated_step = self.step
 
   def _should_evaluate(self, step) -> bool:
