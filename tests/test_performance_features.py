@@ -103,8 +103,8 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
 def test_bf16_trains_close_to_float32(tmp_path):
   fp32 = make_trainer(tmp_path, "fp32", jit_compile="false")
   bf16 = make_trainer(tmp_path, "bf16", like=fp32, jit_compile="false", mixed_precision="bf16")
-  # The layers up to the classifier head compute in bfloat16, the head in float32 (it lost
-  # held-out GAP in bfloat16); the variables stay float32.
+  # The layers up to the classifier head compute in bfloat16, the head in float32 (class
+  # probabilities not rounded to 8 bits); the variables stay float32.
   video = batch()
   model_input = tf.cast(video["video_matrix"], bf16.model.compute_dtype)
   head_inputs, classify = [], bf16.model.classify
