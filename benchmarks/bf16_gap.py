@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT]
 
+import demo  # noqa: E402
 from willow import readme_configs  # noqa: E402
 
 PRECISIONS = ("none", "bf16")
@@ -29,23 +30,20 @@ PRECISIONS = ("none", "bf16")
 
 def demo_held_out_gaps(output_dir: str, models: str, seed: int, precision: str, quick: bool):
   """[(model title, held-out GAP)] of one demo run."""
-  flags = "--seed=%d" % seed + (" --mixed_precision=%s" % precision if precision != "none"
-                                else "")
   command = [sys.executable, os.path.join(ROOT, "demo.py"), "--output_dir=" + output_dir,
-             "--train_flags=" + flags] + (["--models=" + models] if models else []) + (
-                 ["--quick"] if quick else [])
+             "--train_flags=--seed=%d --mixed_precision=%s" % (seed, precision),
+             "--models=" + models] + (["--quick"] if quick else [])
   subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-  return held_out_gaps(output_dir, models)
+  return held_out_gaps(output_dir)
 
 
-def held_out_gaps(output_dir: str, models: str):
-  """The demo's per-model held-out GAPs, from the report fit_ensemble_weights.py wrote (one row
-  per model first, in the demo's order)."""
-  keys = models.split(",") if models else [c.key for c in readme_configs.WILLOW_CONFIGS]
+def held_out_gaps(output_dir: str):
+  """[(model title, held-out GAP)] in the README's order, from the report
+  fit_ensemble_weights.py wrote in the demo's output (a row per held-out CSV)."""
   with open(os.path.join(output_dir, "ensemble_weights.json")) as f:
-    rows = json.load(f)["rows"]
-  return [(readme_configs.CONFIGS_BY_KEY[k].title, row["gap"]["all"])
-          for k, row in zip(keys, rows)]
+    gaps = {row["name"]: row["gap"]["all"] for row in json.load(f)["rows"]}
+  return [(c.title, gaps[demo.held_out_csv(c)]) for c in readme_configs.WILLOW_CONFIGS
+          if demo.held_out_csv(c) in gaps]
 
 
 def format_table(results):

@@ -228,21 +228,24 @@ def test_kernel_ceiling_gradient_products_are_the_gradients(transpose_a):
 
 
 def test_bf16_gap_pairs_each_model_by_seed(tmp_path):
-  """benchmarks/bf16_gap.py reads each model's held-out GAP from the demo's report (the model
-  rows come first, in --models order) and tabulates bf16 - fp32 per model and seed."""
+  """benchmarks/bf16_gap.py reads each model's held-out GAP from the demo's report (a row per
+  held-out CSV, in any order) and tabulates bf16 - fp32 per model and seed."""
   import bf16_gap
+  import demo
   import json
+  netvlad, netrvlad = (demo.held_out_csv(readme_configs.CONFIGS_BY_KEY[k])
+                       for k in ("netvlad", "netrvlad"))
   reports = {("1", "none"): [0.41, 0.40], ("1", "bf16"): [0.4098, 0.4012],
              ("2", "none"): [0.38, 0.39], ("2", "bf16"): [0.3801, 0.3890]}
   results = {}
-  for (seed, precision), gaps in reports.items():
+  for (seed, precision), (vlad_gap, rvlad_gap) in reports.items():
     directory = tmp_path / (seed + precision)
     directory.mkdir()
-    rows = [{"name": "m%d" % i, "gap": {"all": g}} for i, g in enumerate(gaps)]
-    rows.append({"name": "equal weights", "gap": {"all": 0.5}})
+    rows = [{"name": netrvlad, "gap": {"all": rvlad_gap}},
+            {"name": netvlad, "gap": {"all": vlad_gap}},
+            {"name": "equal weights", "gap": {"all": 0.5}}]
     (directory / "ensemble_weights.json").write_text(json.dumps({"rows": rows}))
-    results.setdefault(int(seed), {})[precision] = bf16_gap.held_out_gaps(
-        str(directory), "netvlad,netrvlad")
+    results.setdefault(int(seed), {})[precision] = bf16_gap.held_out_gaps(str(directory))
   assert results[1]["bf16"] == [("Gated NetVLAD (256 clusters)", 0.4098),
                                 ("Gated NetRVLAD (256 clusters)", 0.4012)]
   lines = bf16_gap.format_table(results)
